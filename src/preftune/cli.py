@@ -1,0 +1,263 @@
+"""`preftune ...`: thin. Each command parses its flags, resolves its config and calls one function.
+
+Every error a user can cause (bad file, bad flag, model that won't load) ends as one line on
+stderr, `error: FILE:LINE: reason`, and exit code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import statistics
+import sys
+import types
+import typing
+from functools import wraps
+from pathlib import Path
+
+import typer
+
+from . import __version__
+from .data.schema import DataError
+
+app = typer.Typer(
+    name="preftune",
+    help="Preference tuning for language models: label, train reward models, PPO, DPO, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect and convert preference data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors(command):
+    """Turn the errors a user can cause into one line and exit code 2."""
+
+    @wraps(command)
+    def run(*args, **kwargs):
+        from .models.load import ModelLoadError
+        from .train.common import TrainingDiverged
+
+        try:
+            return command(*args, **kwargs)
+        except (DataError, ModelLoadError) as err:
+            _fail(str(err))
+        except TrainingDiverged as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return run
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"preftune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Preference tuning for language models."""
+
+
+def _percentiles(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0, "p95": 0}
+    ordered = sorted(values)
+    cut = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 99
+    return {"p50": float(statistics.median(ordered)), "p95": float(cut[94])}
+
+
+@data_app.command("inspect")
+@user_errors
+def data_inspect(
+    file: Path = typer.Argument(..., help="Preference data: .jsonl, .json, .parquet, .csv, a datasets folder, or a hub name."),
+    format: str = typer.Option(None, "--format", help="pairs | messages | hh | sharegpt (default: detect)."),
+    model: str = typer.Option(None, "--model", help="Also tokenize with this model's tokenizer and check the guarantees."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Count rows, kept pairs and drops by reason; with --model, token lengths and token checks."""
+    from .data.formats import read_pairs
+
+    pairs, report = read_pairs(file, format=format)
+    summary = report.to_dict()
+    if model:
+        from .data.tokenize import PairTokenizer, token_checks
+        from .models.load import load_tokenizer
+
+        # No truncation here: inspect reports the data's real lengths.
+        pair_tokenizer = PairTokenizer(load_tokenizer(model), max_length=10**9, max_prompt_length=10**9 - 1)
+        tokenized = [pair_tokenizer(p) for p in pairs]
+        summary["tokens"] = {
+            "prompt": _percentiles([len(t.prompt_ids) for t in tokenized]),
+            "chosen": _percentiles([len(t.chosen_ids) for t in tokenized]),
+            "rejected": _percentiles([len(t.rejected_ids) for t in tokenized]),
+        }
+        summary["token_checks"] = token_checks(pair_tokenizer, pairs)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    _print_inspect(summary)
+
+
+def _print_inspect(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['path']} ({summary['format']})", show_header=False)
+    table.add_row("rows read", str(summary["rows_read"]))
+    table.add_row("pairs kept", str(summary["pairs_kept"]))
+    for reason, count in summary["dropped"].items():
+        table.add_row(f"dropped: {reason}", str(count))
+    for part, stats in summary.get("tokens", {}).items():
+        table.add_row(f"{part} tokens p50 / p95", f"{stats['p50']:.0f} / {stats['p95']:.0f}")
+    for check, count in summary.get("token_checks", {}).items():
+        table.add_row(check, str(count))
+    Console().print(table)
+
+
+@data_app.command("convert")
+@user_errors
+def data_convert(
+    file: Path = typer.Argument(..., help="Preference data in any supported format."),
+    out: Path = typer.Option(..., "-o", "--out", help="Canonical JSONL to write."),
+    format: str = typer.Option(None, "--format", help="pairs | messages | hh | sharegpt (default: detect)."),
+) -> None:
+    """Write the canonical JSONL (one PreferencePair per line); it reads back to the same pairs."""
+    from .data.formats import read_pairs
+    from .data.schema import write_jsonl
+
+    pairs, report = read_pairs(file, format=format)
+    write_jsonl(pairs, out)
+    dropped = sum(report.dropped.values())
+    typer.echo(f"wrote {len(pairs)} pairs to {out} (read {report.rows_read} rows, dropped {dropped})")
+
+
+@app.command("generate")
+@user_errors
+def generate(
+    model: str = typer.Option(..., "--model", help="Local folder, hub name, or alias (smollm2-135m, tiny)."),
+    prompts: Path = typer.Option(..., "--prompts", help='JSONL of {"prompt": str | [messages]}, or text, one prompt per line.'),
+    n: int = typer.Option(1, "-n", help="Completions per prompt."),
+    out: Path = typer.Option(..., "-o", "--out", help='JSONL to write: {"prompt": ..., "completions": [...]} per line.'),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0),
+    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per generate call."),
+) -> None:
+    """Sample completions for each prompt (KV cache, batched, seeded, stops at EOS)."""
+    from .data.formats import read_prompts
+    from .generate import generate_completions
+    from .models.load import load_policy
+
+    if temperature <= 0:
+        _fail("--temperature must be > 0")
+    prompt_messages = read_prompts(prompts)
+    policy, tokenizer = load_policy(model)
+    result = generate_completions(
+        policy,
+        tokenizer,
+        prompt_messages,
+        n,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        show_progress=sys.stderr.isatty(),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for messages, completions in zip(prompt_messages, result.texts, strict=True):
+            prompt = messages[0].content if len(messages) == 1 and messages[0].role == "user" else [m.to_dict() for m in messages]
+            handle.write(json.dumps({"prompt": prompt, "completions": completions}, ensure_ascii=False) + "\n")
+    typer.echo(
+        f"wrote {len(prompt_messages)} prompts x {n} completions to {out}: "
+        f"{result.new_tokens} tokens in {result.seconds:.1f}s ({result.tokens_per_second:.1f} tokens/s)"
+    )
+
+
+def _flag_type(annotation):
+    """The type Typer should parse a config field's flag as (always optional: unset = not given)."""
+    if annotation is bool:
+        return bool | None
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args else annotation
+    if base in (int, float):
+        return base | None
+    return str | None  # str, Literal and list[str] (comma-separated) all arrive as text
+
+
+def add_config_command(name: str, config_class: type, run: typing.Callable, summary: str) -> None:
+    """Register `preftune NAME` with one flag per config field, plus --config FILE.yaml.
+
+    The flags are generated from the dataclass, so a setting's name, type and help live in one
+    place (the config class) and `--config` files use exactly the same names.
+    """
+    hints = typing.get_type_hints(config_class)
+    params = [
+        inspect.Parameter(
+            "config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+            default=typer.Option(None, "--config", help="YAML file of settings; flags override it."),
+        )
+    ]  # fmt: skip
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        decl = f"{flag}/--no-{field.name.replace('_', '-')}" if hints[field.name] is bool else flag
+        help_text = field.metadata.get("help", "")
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            help_text += " [required]"
+        elif field.default not in (dataclasses.MISSING, None, ""):
+            help_text += f" [default: {field.default}]"
+        params.append(
+            inspect.Parameter(
+                field.name, inspect.Parameter.KEYWORD_ONLY, annotation=_flag_type(hints[field.name]),
+                default=typer.Option(None, decl, help=help_text, show_default=False),
+            )
+        )  # fmt: skip
+
+    def command(config_file: Path | None = None, **flags):
+        from .config import resolve_config
+
+        return run(resolve_config(config_class, config_file, flags))
+
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = summary
+    app.command(name, help=summary)(user_errors(command))
+
+
+def _run_dpo(config):
+    from .train.dpo import train_dpo
+
+    out = train_dpo(config)
+    typer.echo(f"run folder: {out}")
+
+
+def _register_training_commands() -> None:
+    from .config import DPOConfig
+
+    add_config_command("dpo", DPOConfig, _run_dpo, "Align a policy directly on preference pairs with DPO or a variant.")
+
+
+_register_training_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

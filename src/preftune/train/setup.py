@@ -1,0 +1,83 @@
+"""Getting a training run ready and wrapping it up: model, data splits, tokens, the final save.
+
+Shared by every loop so that each loop file reads as the algorithm alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, TrainConfig
+from ..data.formats import read_pairs
+from ..data.schema import DataError, PreferencePair
+from ..data.tokenize import PairTokenizer, TokenizedPair
+from ..models.load import LoraSettings, load_policy, save_model
+
+
+def load_model_for_training(config: TrainConfig, device: torch.device):
+    """The policy (with fresh LoRA adapters when --lora) and its tokenizer, on `device`, fp32 weights."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch; HF's per-save bars are noise
+    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout) if config.lora else None
+    model, tokenizer = load_policy(config.model, lora=lora, device=device, seed=config.seed)
+    if lora is not None:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"lora: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)", file=sys.stderr)
+    return model, tokenizer
+
+
+def _report_line(report) -> str:
+    dropped = ", ".join(f"{reason}: {count}" for reason, count in report.dropped.items()) or "none"
+    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} pairs kept, dropped: {dropped}"
+
+
+def load_pair_splits(config: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Training pairs and held-out pairs (from --eval-data, or a seeded --eval-split of --data)."""
+    train, report = read_pairs(config.data, format=config.format)
+    print(_report_line(report), file=sys.stderr)
+    if config.eval_data:
+        held_out, eval_report = read_pairs(config.eval_data, format=config.format)
+        print(_report_line(eval_report), file=sys.stderr)
+        return train, held_out
+    if config.eval_split > 0:
+        count = int(round(config.eval_split * len(train)))
+        if count < 1 or count >= len(train):
+            raise DataError(config.data, 0, f"--eval-split {config.eval_split} leaves no pairs on one side of {len(train)}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
+        return [train[i] for i in order[count:]], [train[i] for i in order[:count]]
+    return train, []
+
+
+def tokenize_pairs(config: TrainConfig, tokenizer, train: list[PreferencePair], held_out: list[PreferencePair]):
+    """Tokenize both splits through the one path; report what truncation did."""
+    if config.max_prompt_length >= config.max_length:
+        raise ConfigError("--max-prompt-length", 0, f"{config.max_prompt_length} must be below --max-length {config.max_length}")
+    pair_tokenizer = PairTokenizer(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    train_tokens: list[TokenizedPair] = [pair_tokenizer(p) for p in train]
+    eval_tokens: list[TokenizedPair] = [pair_tokenizer(p) for p in held_out]
+    stats = pair_tokenizer.stats.to_dict()
+    if stats["prompts_truncated"] or stats["responses_truncated"]:
+        print(
+            f"truncation (max_length={config.max_length}, max_prompt_length={config.max_prompt_length}): "
+            f"{stats['prompts_truncated']} prompts, {stats['responses_truncated']} responses of {2 * stats['pairs']}",
+            file=sys.stderr,
+        )
+    return train_tokens, eval_tokens, stats
+
+
+def finish_run(config: TrainConfig, model, tokenizer, out: Path, summary: dict, truncation: dict | None = None) -> Path:
+    """Write final/ (full model, or the adapter with --lora; plus final/merged with --merge) and summary.json."""
+    final = save_model(model, tokenizer, out / "final")
+    if config.lora and config.merge:
+        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        save_model(merged, tokenizer, out / "final" / "merged")
+    payload = {"final": str(final), "metrics": summary, "truncation": truncation or {}}
+    (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"final model: {final}", file=sys.stderr)
+    return final
