@@ -190,15 +190,13 @@ def generate(
     )
 
 
-def _flag_type(annotation):
-    """The type Typer should parse a config field's flag as (always optional: unset = not given)."""
-    if annotation is bool:
-        return bool | None
+def _metavar(annotation) -> str:
+    """How --help names a flag's value; the value itself is checked by config.resolve_config."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args else annotation
-    if base in (int, float):
-        return base | None
-    return str | None  # str, Literal and list[str] (comma-separated) all arrive as text
+    if typing.get_origin(base) is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(base))
+    return {int: "INT", float: "FLOAT"}.get(base, "LIST" if typing.get_origin(base) is list else "TEXT")
 
 
 def add_config_command(name: str, config_class: type, run: typing.Callable, summary: str) -> None:
@@ -224,8 +222,11 @@ def add_config_command(name: str, config_class: type, run: typing.Callable, summ
             help_text += f" [default: {field.default}]"
         params.append(
             inspect.Parameter(
-                field.name, inspect.Parameter.KEYWORD_ONLY, annotation=_flag_type(hints[field.name]),
-                default=typer.Option(None, decl, help=help_text, show_default=False),
+                # Values arrive as text and are checked by resolve_config, so a bad value gets the
+                # same one-line "--flag: reason" error from a flag as from a config file.
+                field.name, inspect.Parameter.KEYWORD_ONLY,
+                annotation=bool | None if hints[field.name] is bool else str | None,
+                default=typer.Option(None, decl, help=help_text, show_default=False, metavar=_metavar(hints[field.name])),
             )
         )  # fmt: skip
 
@@ -246,13 +247,70 @@ def _run_dpo(config):
     typer.echo(f"run folder: {out}")
 
 
+def _run_sft(config):
+    from .train.sft import train_sft
+
+    typer.echo(f"run folder: {train_sft(config)}")
+
+
 def _register_training_commands() -> None:
-    from .config import DPOConfig
+    from .config import DPOConfig, SFTConfig
+
+    add_config_command("sft", SFTConfig, _run_sft, "Supervised fine-tuning on responses (chosen side of pairs, or prompt/response rows).")
 
     add_config_command("dpo", DPOConfig, _run_dpo, "Align a policy directly on preference pairs with DPO or a variant.")
 
 
 _register_training_commands()
+
+
+# ---- reward models: `preftune rm`, `preftune score` ---------------------------------------------
+
+
+def _run_rm(config):
+    from .train.reward import train_reward_model
+
+    out = train_reward_model(config)
+    typer.echo(f"run folder: {out}")
+
+
+def _register_reward_commands() -> None:
+    from .config import RMConfig
+
+    add_config_command("rm", RMConfig, _run_rm, "Train a Bradley-Terry reward model (trunk + scalar head) on preference pairs.")
+
+
+_register_reward_commands()
+
+
+@app.command("score")
+@user_errors
+def score(
+    rm: Path = typer.Option(..., "--rm", help="Reward model folder written by `preftune rm` (its final/ or a checkpoint)."),
+    data: Path = typer.Option(..., "--data", help="Preference pairs in any format `preftune data inspect` reads."),
+    format: str = typer.Option(None, "--format", help="pairs | messages | hh | sharegpt (default: detect)."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"pairs": n, "accuracy": a, "mean_margin": m}.'),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs per forward pass."),
+    max_length: int = typer.Option(1024, "--max-length", min=2, help="Max tokens of prompt + response."),
+    max_prompt_length: int = typer.Option(512, "--max-prompt-length", min=1, help="Max prompt tokens."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Pairwise accuracy of a reward model on preference pairs: how often r(chosen) > r(rejected)."""
+    from .data.formats import read_pairs
+    from .models.reward_model import load_scalar_model
+    from .train.common import pick_device
+    from .train.reward import score_pairs
+
+    if max_prompt_length >= max_length:
+        _fail(f"--max-prompt-length ({max_prompt_length}) must be below --max-length ({max_length})")
+    pairs, _ = read_pairs(data, format=format)
+    model, tokenizer = load_scalar_model(rm, device=pick_device(device))
+    result = score_pairs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length,
+                         max_prompt_length=max_prompt_length, source=str(data))  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['pairs']} pairs: accuracy {result['accuracy']:.4f}, mean margin {result['mean_margin']:.4f}")
 
 
 def main() -> None:

@@ -209,6 +209,11 @@ class TrainConfig:
 
 
 @dataclass
+class SFTConfig(TrainConfig):
+    """`preftune sft`: supervised fine-tuning on responses (the chosen side of pairs, or prompt/response rows)."""
+
+
+@dataclass
 class DPOConfig(TrainConfig):
     loss: str = setting("sigmoid", help="sigmoid (DPO), robust, cdpo, ipo, hinge or simpo.")
     beta: float = setting(0.1, help="Strength of the implicit KL constraint (DPO's beta).")

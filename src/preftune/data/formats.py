@@ -104,6 +104,50 @@ def read_prompts(source: str | Path) -> list[list[Message]]:
     return prompts
 
 
+def read_sft_examples(source: str | Path, format: str | None = None) -> tuple[list[tuple[list[Message], Message]], ReadReport]:
+    """Supervised examples (prompt messages, assistant response) for `preftune sft`.
+
+    Rows may be {"prompt": str | [messages], "response": str}, {"messages": [...]} (the last
+    assistant turn is the response), or any preference format (its chosen response is used).
+    """
+    loaded = load_rows(source)
+    first = next((row for _, row in loaded.rows if isinstance(row, dict)), {})
+    if format is None and "response" not in first and "messages" not in first:
+        pairs, report = read_pairs(source, format=format)
+        return [(pair.prompt, pair.chosen) for pair in pairs], report
+    shape = "prompt-response" if "response" in first else "messages"
+    report = ReadReport(path=str(source), format=shape, rows_read=0, pairs_kept=0, dropped={}, examples={})
+    examples = []
+    for number, row in loaded.rows:
+        report.rows_read += 1
+        if not isinstance(row, dict):
+            raise loaded.error(number, f"expected a JSON object per row, got {type_name(row)}")
+        try:
+            if shape == "messages":
+                *prompt, response = _messages("messages", _required(row, "messages"), "user")
+                if response.role != "assistant":
+                    raise _Drop("response is not from the assistant")
+                prompt = _prompt_of({"prompt": [m.to_dict() for m in prompt]}) if prompt else []
+            else:
+                prompt = _prompt_of(row)
+                response = Message("assistant", _string(row, "response"))
+            if not prompt:
+                raise _Drop("empty prompt")
+            if not response.content.strip():
+                raise _Drop("empty response")
+        except _Drop as drop:
+            report.dropped[str(drop)] = report.dropped.get(str(drop), 0) + 1
+            report.examples.setdefault(str(drop), number)
+            continue
+        except _BadField as bad:
+            raise loaded.error(number, str(bad)) from None
+        examples.append((prompt, response))
+    report.pairs_kept = len(examples)
+    if not examples:
+        raise DataError(loaded.display, 0, f"no usable examples: read {report.rows_read} rows, dropped: {json.dumps(report.dropped)}")
+    return examples, report
+
+
 def _to_pair(row: dict, parse: Callable[[dict], _Parsed], default_source: str) -> PreferencePair:
     # Metadata is checked first so that a wrong-typed field is an error whether or not the row drops.
     margin, pair_id = _margin(row), _id(row)

@@ -180,6 +180,15 @@ class PairTokenizer:
             return ids[:budget], True
         return ids, False
 
+    def encode_example(self, prompt: list[Message], response: Message) -> tuple[list[int], list[int], bool]:
+        """One supervised example: (prompt ids, response ids, response truncated)."""
+        prompt_ids, kept_prompt, prompt_cut = self.encode_prompt(prompt)
+        self.stats.prompts_truncated += int(prompt_cut)
+        budget = self.max_length - len(prompt_ids)
+        response_ids, cut = self.encode_response(kept_prompt, self.render_prompt(kept_prompt), response, budget)
+        self.stats.responses_truncated += int(cut)
+        return prompt_ids, response_ids, cut
+
     # -- pairs ----------------------------------------------------------------------------------
     def __call__(self, pair: PreferencePair) -> TokenizedPair:
         prompt_ids, kept_prompt, prompt_cut = self.encode_prompt(pair.prompt)
