@@ -203,14 +203,14 @@ def ipo_loss(
         loss = (h - 1 / (2 beta))^2
 
     beta plays the paper's tau (regularisation strength). Which log-probs enter h:
-    - `length_normalize=False` (default): summed log-probs, as in the DPO reference code's IPO and
-      TRL, so `--loss ipo` matches those implementations;
+    - `length_normalize=False` (default): summed log-probs, as in the DPO reference code's IPO;
     - `length_normalize=True`: per-token means, each of pi and ref divided by its completion length,
-      h = (pi_c - ref_c)/|y_c| - (pi_r - ref_r)/|y_r|, the form the IPO paper's experiments use;
-      needs the lengths.
+      h = (pi_c - ref_c)/|y_c| - (pi_r - ref_r)/|y_r|, the form TRL 1.16 uses (its code notes the
+      IPO authors confirmed it matches the paper's experiments); needs the lengths.
     The loss is minimised at h = 1/(2 beta): below it the gradient raises pi_c and lowers pi_r, above
     it the signs reverse, which is what keeps IPO from overfitting deterministic preferences.
-    The rewards in the metrics are beta times the same (summed or per-token) log-ratios.
+    The rewards in the metrics are always beta times the *summed* log-ratios, the implicit DPO
+    reward, so they read the same across variants (and match TRL's logged rewards).
     Shapes: log-probs and lengths [B]; returns loss [B].
     """
     _require_reference("ipo", ref_chosen_logps, ref_rejected_logps)
@@ -226,7 +226,10 @@ def ipo_loss(
     # h: the chosen log-ratio minus the rejected one.
     margin = chosen_ratio - rejected_ratio
     metrics = _preference_metrics(
-        beta * chosen_ratio, beta * rejected_ratio, policy_chosen_logps, policy_rejected_logps
+        beta * (policy_chosen_logps - ref_chosen_logps),
+        beta * (policy_rejected_logps - ref_rejected_logps),
+        policy_chosen_logps,
+        policy_rejected_logps,
     )
     # Squared distance to the target margin 1/(2 beta).
     return (margin - 1.0 / (2.0 * beta)) ** 2, metrics
