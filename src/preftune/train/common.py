@@ -5,12 +5,10 @@ resume, signals, divergence checks and the progress bar. No loop logic lives her
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig, save_config
-from ..models.load import cache_dir, write_pretrained
+from ..models.load import atomic_folder, cache_dir, write_pretrained
 
 # ---- device and precision ---------------------------------------------------------------------
 
@@ -142,18 +140,6 @@ def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def _atomic_dir(final: Path):
-    """Write into a temp sibling, then rename: a crash never leaves a half-written folder."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
 def save_checkpoint(
     out_dir: str | Path,
     step: int,
@@ -168,8 +154,7 @@ def save_checkpoint(
 ) -> Path:
     """checkpoints/step-N/: a loadable HF model plus `trainer_state.pt` for exact resume."""
     final = Path(out_dir) / "checkpoints" / f"step-{step}"
-    tmp = _atomic_dir(final)
-    try:
+    with atomic_folder(final) as tmp:
         write_pretrained(model, tokenizer, tmp)
         save_config(config, tmp / "preftune.yaml")
         state = {
@@ -184,10 +169,6 @@ def save_checkpoint(
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(state, tmp / "trainer_state.pt")
-        _publish(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in checkpoint_dirs(out_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

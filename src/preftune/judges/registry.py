@@ -1,0 +1,111 @@
+"""Judges by name: functions (prompt, response) -> float, higher is better, usable wherever a
+reward model is (PPO rewards, best-of-n, labeling candidates, evaluation).
+
+Spellings accepted by `get_judge`:
+- `sentiment` or `judge:sentiment`: VADER compound in [-1, 1] (`judges/sentiment.py`);
+- `readability` or `judge:readability`: Flesch reading ease, higher = easier (`judges/readability.py`);
+- `rm:DIR`: a reward model saved by `preftune rm` (its `final/` or a checkpoint), scoring the
+  prompt + response through the one tokenization path, in batches (`score_batch`).
+
+Lexicon judges ignore the prompt; the reward model reads it. A prompt is a string (one user
+turn) or a list of `Message`s (a whole conversation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.schema import DataError
+from .readability import readability_score
+from .sentiment import sentiment_score
+
+RM_PREFIX = "rm:"
+JUDGE_PREFIX = "judge:"
+
+# name -> score(prompt, response); a plain dict on purpose (DESIGN.md section 2.1).
+BUILTIN_JUDGES: dict[str, Callable[[Any, str], float]] = {
+    "sentiment": sentiment_score,
+    "readability": readability_score,
+}
+
+
+class JudgeError(DataError):
+    """A judge spec that names nothing: reported as one line, `SPEC: reason`."""
+
+    def __init__(self, spec: str, reason: str):
+        super().__init__(spec, 0, reason)
+
+
+@dataclass(frozen=True)
+class Judge:
+    """A named scorer. `score_many`, when set, scores whole lists at once (reward models batch)."""
+
+    name: str
+    score: Callable[[Any, str], float]
+    score_many: Callable[[list, list[str]], list[float]] | None = None
+
+    def __call__(self, prompt: Any, response: str) -> float:
+        return float(self.score(prompt, response))
+
+
+def known_judges() -> list[str]:
+    return [JUDGE_PREFIX + name for name in BUILTIN_JUDGES] + [RM_PREFIX + "DIR"]
+
+
+def get_judge(
+    spec: str,
+    *,
+    device: str = "cpu",
+    batch_size: int = 16,
+    max_length: int = 1024,
+    max_prompt_length: int = 512,
+) -> Judge:
+    """The judge `spec` names (see the module docstring). The batching and length settings apply
+    to `rm:` judges only. Raises `JudgeError` (a `DataError`: one line) for unknown names, and
+    `ModelLoadError` for an `rm:` folder that does not load."""
+    spec = spec.strip()
+    if spec.startswith(RM_PREFIX):
+        folder = spec[len(RM_PREFIX) :]
+        if not folder:
+            raise JudgeError(spec, "rm: needs a folder, e.g. rm:runs/rm/final")
+        return reward_model_judge(folder, device=device, batch_size=batch_size, max_length=max_length,
+                                  max_prompt_length=max_prompt_length)  # fmt: skip
+    name = spec.removeprefix(JUDGE_PREFIX)
+    if name not in BUILTIN_JUDGES:
+        raise JudgeError(spec, f"unknown judge; choose one of {', '.join(known_judges())}")
+    return Judge(name, BUILTIN_JUDGES[name])
+
+
+def reward_model_judge(
+    folder: str | Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 16,
+    max_length: int = 1024,
+    max_prompt_length: int = 512,
+) -> Judge:
+    """A frozen reward model as a judge; `score_many` batches through `score_responses`."""
+    from ..models.reward_model import load_scalar_model, score_responses
+
+    model, tokenizer = load_scalar_model(folder, device=device)
+    model.requires_grad_(False).eval()
+
+    def score_many(prompts: list, responses: list[str]) -> list[float]:
+        return score_responses(model, tokenizer, prompts, responses, batch_size=batch_size,
+                               max_length=max_length, max_prompt_length=max_prompt_length)  # fmt: skip
+
+    return Judge(
+        f"{RM_PREFIX}{folder}", lambda prompt, response: score_many([prompt], [response])[0], score_many
+    )
+
+
+def score_batch(judge: Judge, prompts: list, responses: list[str]) -> list[float]:
+    """Scores of each (prompt, response): one batched call for a reward model, a loop otherwise."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"score_batch: {len(prompts)} prompts but {len(responses)} responses")
+    if judge.score_many is not None:
+        return [float(s) for s in judge.score_many(list(prompts), list(responses))]
+    return [judge(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]

@@ -1,0 +1,62 @@
+"""Schema versioning: a `schema_version` table and an ordered list of migration functions.
+
+This is the documented equivalent of Alembic for a schema this small:
+
+- A fresh database gets the current tables (`db.metadata`) and is stamped `SCHEMA_VERSION`.
+- An existing database at version v runs `MIGRATIONS[v + 1]`, `MIGRATIONS[v + 2]`, ... up to
+  `SCHEMA_VERSION`, each in its own transaction that also bumps the stamp, so a crash mid-upgrade
+  leaves the database at the last version that completed.
+- A database stamped newer than this code refuses to open rather than guess.
+
+To change the schema: edit `db.py`, increment `SCHEMA_VERSION`, and add
+`MIGRATIONS[new_version] = fn` where `fn(connection)` turns a database at the previous version into
+the new one (for example `connection.exec_driver_sql("ALTER TABLE items ADD COLUMN notes TEXT")`).
+Add a test that opens a database at the previous version and checks the new shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, insert, inspect, select, update
+
+from preftune.web import db
+
+SCHEMA_VERSION = 1
+
+# version -> function that upgrades a database from version - 1 to version.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+class SchemaError(RuntimeError):
+    """The database cannot be used by this version of preftune (one-line message)."""
+
+
+def current_version(engine: Engine) -> int | None:
+    """The stamped version, or None for a database without preftune tables."""
+    if not inspect(engine).has_table("schema_version"):
+        return None
+    with engine.connect() as connection:
+        return connection.execute(select(db.schema_version.c.version)).scalar()
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the database to `SCHEMA_VERSION` and return that version."""
+    target = SCHEMA_VERSION
+    found = current_version(engine)
+    if found is None:
+        with engine.connect().execution_options(preftune_write=True) as connection, connection.begin():
+            db.metadata.create_all(connection)
+            connection.execute(insert(db.schema_version).values(version=target))
+        return target
+    if found > target:
+        raise SchemaError(
+            f"database schema is version {found}, newer than this preftune ({target}); upgrade preftune"
+        )
+    for version in range(found + 1, target + 1):
+        if version not in MIGRATIONS:
+            raise SchemaError(f"no migration to schema version {version}")
+        with engine.connect().execution_options(preftune_write=True) as connection, connection.begin():
+            MIGRATIONS[version](connection)
+            connection.execute(update(db.schema_version).values(version=version))
+    return target

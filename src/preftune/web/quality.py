@@ -1,0 +1,105 @@
+"""The quality page's numbers: per-annotator behaviour and agreement, from a project's votes.
+
+Judges (`judge:NAME`) appear beside people in every table, so their agreement with humans can be
+read off the same kappa table. They see no page, so they have no timing or left-pick rate.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from preftune.web.agreement import krippendorff_alpha, nominal_value, ordinal_value, pairwise_kappa
+
+# Reading a prompt and two answers takes longer than this; a median below it means clicking through.
+TOO_FAST_SECONDS = 4.0
+# Left-pick rate flagged when a two-sided binomial test against 0.5 rejects at about p < 0.01
+# (normal approximation: |k - n/2| / sqrt(n/4) > 2.58), and only with enough decisive votes.
+POSITION_BIAS_Z = 2.58
+POSITION_BIAS_MIN_VOTES = 10
+
+
+@dataclass
+class AnnotatorQuality:
+    name: str
+    role: str
+    votes: int
+    skips: int
+    median_seconds: float | None
+    too_fast: bool
+    left_pick_rate: float | None
+    left_pick_votes: int
+    position_bias: bool
+    gold_votes: int
+    gold_accuracy: float | None
+
+
+def annotator_quality(votes: list[dict[str, Any]]) -> list[AnnotatorQuality]:
+    """One row per voter; `votes` as returned by `votes.project_votes`."""
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for vote in votes:
+        by_user.setdefault(vote["user_name"], []).append(vote)
+    rows = []
+    for name, mine in sorted(by_user.items()):
+        role = mine[0]["user_role"]
+        judged = [v for v in mine if v["choice"] != "skip"]
+        timed = [v["seconds"] for v in judged if v["seconds"] is not None]
+        median = statistics.median(timed) if timed else None
+        decisive = [v for v in judged if v["choice"] in ("a", "b")] if role != "judge" else []
+        left_picks = sum(v["choice"] == v["shown_left"] for v in decisive)
+        left_rate = left_picks / len(decisive) if decisive else None
+        biased = len(decisive) >= POSITION_BIAS_MIN_VOTES and (
+            abs(left_picks - len(decisive) / 2) / math.sqrt(len(decisive) / 4) > POSITION_BIAS_Z
+        )
+        gold = [v for v in judged if v["gold"] is not None]
+        rows.append(
+            AnnotatorQuality(
+                name=name,
+                role=role,
+                votes=len(judged),
+                skips=len(mine) - len(judged),
+                median_seconds=median,
+                too_fast=median is not None and median < TOO_FAST_SECONDS,
+                left_pick_rate=left_rate,
+                left_pick_votes=len(decisive),
+                position_bias=biased,
+                gold_votes=len(gold),
+                gold_accuracy=sum(v["choice"] == v["gold"] for v in gold) / len(gold) if gold else None,
+            )
+        )
+    return rows
+
+
+def vote_tables(votes: list[dict[str, Any]]) -> tuple[dict, dict]:
+    """(nominal table, ordinal table) as {item_id: {voter name: value}} for `agreement`."""
+    nominal: dict[int, dict[str, int]] = {}
+    ordinal: dict[int, dict[str, int]] = {}
+    for vote in votes:
+        value = nominal_value(vote["choice"])
+        if value is not None:
+            nominal.setdefault(vote["item_id"], {})[vote["user_name"]] = value
+        value = ordinal_value(vote["choice"], vote["strength"])
+        if value is not None:
+            ordinal.setdefault(vote["item_id"], {})[vote["user_name"]] = value
+    return nominal, ordinal
+
+
+@dataclass
+class Agreement:
+    alpha_nominal: float
+    alpha_ordinal: float
+    # Items with at least two judgments (what alpha is computed over).
+    shared_items: int
+    kappas: list[tuple[str, str, int, float]]
+
+
+def agreement(votes: list[dict[str, Any]]) -> Agreement:
+    nominal, ordinal = vote_tables(votes)
+    return Agreement(
+        alpha_nominal=krippendorff_alpha(nominal, "nominal"),
+        alpha_ordinal=krippendorff_alpha(ordinal, "ordinal"),
+        shared_items=sum(len(row) >= 2 for row in nominal.values()),
+        kappas=pairwise_kappa(nominal),
+    )

@@ -1,0 +1,153 @@
+"""Admin pages: projects and their settings, people, assignment and background jobs.
+
+Items (imports, gold), quality and export are in `admin_items.py`. Every route here sits behind
+`require_admin`, declared once on the router.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from preftune.web import jobs
+from preftune.web.assign import assign_items
+from preftune.web.render import render
+from preftune.web.security import get_store, require_admin
+from preftune.web.store import StoreError
+from preftune.web.votes import progress
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+
+def known_judges() -> list[str]:
+    from preftune.judges import known_judges as names
+
+    return names()
+
+
+def back(project_id: int, notice: str) -> RedirectResponse:
+    """Redirect to the project page with a one-line notice (rendered escaped)."""
+    from urllib.parse import quote
+
+    return RedirectResponse(f"/admin/projects/{project_id}?notice={quote(notice)}", status_code=303)
+
+
+@router.get("")
+def index(request: Request, notice: str = ""):
+    store = get_store(request)
+    rows = [(p, store.item_counts(p["id"])) for p in store.projects()]
+    return render(request, "admin_index.html", title="Projects", rows=rows, notice=notice)
+
+
+@router.post("/projects")
+def create_project(
+    request: Request,
+    name: str = Form(...),
+    guideline: str = Form(""),
+    overlap: int = Form(1),
+    gold_rate: float = Form(0.0),
+):
+    project_id = get_store(request).create_project(name, guideline, overlap, gold_rate)
+    return back(project_id, "project created: import prompts or candidate pairs next")
+
+
+@router.get("/projects/{project_id}")
+def project_page(request: Request, project_id: int, notice: str = ""):
+    store = get_store(request)
+    project = store.project(project_id)
+    people = []
+    for user in store.users(project_id):
+        done, total = progress(store, user["id"])
+        people.append({**user, "done": done, "total": total})
+    return render(
+        request,
+        "project.html",
+        title=project["name"],
+        project=project,
+        counts=store.item_counts(project_id),
+        people=people,
+        job_list=store.jobs(project_id)[:5],
+        running=jobs.running_job(store, project_id),
+        judges=known_judges(),
+        notice=notice,
+    )
+
+
+@router.post("/projects/{project_id}/settings")
+def update_settings(
+    request: Request,
+    project_id: int,
+    guideline: str = Form(""),
+    overlap: int = Form(...),
+    gold_rate: float = Form(...),
+):
+    get_store(request).update_project(project_id, guideline=guideline, overlap=overlap, gold_rate=gold_rate)
+    return back(project_id, "settings saved")
+
+
+@router.post("/projects/{project_id}/annotators")
+def invite(request: Request, project_id: int, name: str = Form(...)):
+    store = get_store(request)
+    project = store.project(project_id)
+    if name.strip().startswith("judge:"):
+        raise StoreError("names starting with 'judge:' are kept for automatic judges")
+    _user_id, token = store.create_user(name, "annotator", project_id)
+    link = f"{str(request.base_url).rstrip('/')}/login/{token}"
+    return render(request, "invited.html", title="Invitation", project=project, name=name.strip(), link=link)
+
+
+@router.post("/projects/{project_id}/assign")
+def assign(request: Request, project_id: int):
+    report = assign_items(get_store(request), project_id)
+    return back(project_id, report.summary())
+
+
+@router.post("/projects/{project_id}/generate")
+def generate(
+    request: Request,
+    project_id: int,
+    model: str = Form(...),
+    max_new_tokens: int = Form(128),
+    temperature: float = Form(0.7),
+    top_p: float = Form(0.9),
+    seed: int = Form(0),
+):
+    store = get_store(request)
+    if not store.item_counts(project_id)["pending"]:
+        raise StoreError("no prompts are waiting for candidates: import prompts first")
+    if not 1 <= max_new_tokens <= 4096 or temperature <= 0 or not 0 < top_p <= 1:
+        raise StoreError("need 1 <= max new tokens <= 4096, temperature > 0 and 0 < top p <= 1")
+    work = jobs.generation_work(
+        store,
+        project_id,
+        model.strip(),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
+    jobs.start_job(store, project_id, "generate", work)
+    return back(project_id, f"generation started with {model.strip()}")
+
+
+@router.post("/projects/{project_id}/judge")
+def auto_label(request: Request, project_id: int, judge: str = Form(...)):
+    store = get_store(request)
+    store.project(project_id)
+    try:
+        work = jobs.judge_work(store, project_id, judge.strip())
+    # JudgeError (a DataError, so a ValueError) for a bad name; ModelLoadError (a RuntimeError)
+    # for an rm: folder that does not load. Both are one-line messages.
+    except (ValueError, RuntimeError) as error:
+        raise StoreError(str(error)) from None
+    jobs.start_job(store, project_id, "judge", work)
+    return back(project_id, f"auto-labeling with {judge.strip()} started")
+
+
+@router.get("/jobs/{job_id}")
+def job_status(request: Request, job_id: int):
+    job = get_store(request).job(job_id)
+    if job is None:
+        raise HTTPException(404, "no such job")
+    keys = ("id", "kind", "status", "done", "total", "message")
+    return JSONResponse({k: job[k] for k in keys})

@@ -1,0 +1,147 @@
+"""Admin pages about a project's items: imports, gold marking, the quality page and export."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import Response
+
+from preftune.web.export import aggregate, parse_drop
+from preftune.web.quality import agreement, annotator_quality
+from preftune.web.render import render
+from preftune.web.routes.admin import back
+from preftune.web.security import get_store, require_admin
+from preftune.web.store import NewItem, StoreError
+from preftune.web.votes import project_votes
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+UPLOAD_SUFFIXES = {".jsonl", ".json", ".txt", ".csv", ".parquet"}
+ITEMS_PER_PAGE = 100
+
+
+def _saved_upload(upload: UploadFile, folder: str) -> Path:
+    """The upload written to a private temporary file; the readers pick a format by suffix."""
+    suffix = Path(upload.filename or "").suffix.lower()
+    path = Path(folder) / f"upload{suffix if suffix in UPLOAD_SUFFIXES else '.jsonl'}"
+    path.write_bytes(upload.file.read())
+    return path
+
+
+def _data_error(error: Exception, upload: UploadFile) -> StoreError:
+    # Name the file the admin chose, not our temporary copy.
+    reason = getattr(error, "reason", str(error))
+    line = getattr(error, "line", 0)
+    return StoreError(f"{upload.filename}:{line}: {reason}" if line else f"{upload.filename}: {reason}")
+
+
+@router.post("/projects/{project_id}/prompts")
+def import_prompts(request: Request, project_id: int, file: UploadFile = File(...)):
+    from preftune.data.formats import read_prompts
+    from preftune.data.schema import DataError
+
+    store = get_store(request)
+    store.project(project_id)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            prompts = read_prompts(_saved_upload(file, folder))
+        except DataError as error:
+            raise _data_error(error, file) from None
+    store.add_items(project_id, [NewItem([m.to_dict() for m in p], source=file.filename) for p in prompts])
+    return back(project_id, f"{len(prompts)} prompts imported; generate candidates for them next")
+
+
+@router.post("/projects/{project_id}/candidates")
+def import_candidates(request: Request, project_id: int, file: UploadFile = File(...)):
+    from preftune.data.schema import DataError
+    from preftune.web.candidates import read_candidates
+
+    store = get_store(request)
+    store.project(project_id)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            rows, report = read_candidates(_saved_upload(file, folder))
+        except DataError as error:
+            raise _data_error(error, file) from None
+    new = [
+        NewItem([m.to_dict() for m in row.prompt], row.responses[0], row.responses[1], file.filename, row.id)
+        for row in rows
+    ]
+    store.add_items(project_id, new)
+    report.path = file.filename
+    return back(project_id, f"candidate pairs imported: {report.summary()}")
+
+
+@router.get("/projects/{project_id}/items")
+def items_page(request: Request, project_id: int, page: int = 0, notice: str = ""):
+    store = get_store(request)
+    project = store.project(project_id)
+    every = store.items(project_id)
+    shown = every[page * ITEMS_PER_PAGE : (page + 1) * ITEMS_PER_PAGE]
+    pages = (len(every) + ITEMS_PER_PAGE - 1) // ITEMS_PER_PAGE
+    return render(
+        request,
+        "items.html",
+        title="Items",
+        project=project,
+        items=shown,
+        page=page,
+        pages=pages,
+        notice=notice,
+    )
+
+
+@router.post("/projects/{project_id}/items/{item_id}/gold")
+def set_gold(request: Request, project_id: int, item_id: int, gold: str = Form(""), page: int = Form(0)):
+    from fastapi.responses import RedirectResponse
+
+    store = get_store(request)
+    if store.item(item_id)["project_id"] != project_id:
+        raise StoreError(f"item {item_id} is not in this project")
+    store.set_gold(item_id, gold or None)
+    return RedirectResponse(f"/admin/projects/{project_id}/items?page={page}#item-{item_id}", status_code=303)
+
+
+@router.get("/projects/{project_id}/quality")
+def quality_page(request: Request, project_id: int):
+    store = get_store(request)
+    project = store.project(project_id)
+    votes = project_votes(store, project_id)
+    return render(
+        request,
+        "quality.html",
+        title="Quality",
+        project=project,
+        annotators=annotator_quality(votes),
+        agreement=agreement(votes),
+        vote_count=len(votes),
+    )
+
+
+@router.get("/projects/{project_id}/export.jsonl")
+def export(request: Request, project_id: int, min_votes: int = 1, drop: str = "ties,both_bad"):
+    from preftune.data.schema import write_jsonl
+
+    store = get_store(request)
+    project = store.project(project_id)
+    if min_votes < 1:
+        raise StoreError("min votes must be at least 1")
+    try:
+        dropped_labels = parse_drop(drop)
+    except ValueError as error:
+        raise StoreError(str(error)) from None
+    pairs, _dropped = aggregate(
+        store.items(project_id), project_votes(store, project_id), project["name"], min_votes, dropped_labels
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        # The same writer as `preftune export`, so the download is byte-identical canonical JSONL.
+        write_jsonl(pairs, Path(folder) / "pairs.jsonl")
+        body = (Path(folder) / "pairs.jsonl").read_bytes()
+    filename = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in project["name"]) + ".jsonl"
+    return Response(
+        body,
+        media_type="application/jsonl; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )

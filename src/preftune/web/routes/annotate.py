@@ -1,0 +1,131 @@
+"""The annotator's pages: one item at a time from their own queue, and the vote.
+
+An annotator reaches an item only through their own assignment (`votes.assignment_for`); anything
+else is 403, whether the item belongs to someone else or does not exist, so ids reveal nothing.
+The page names the sides "left"/"right"; the vote is translated to 'a'/'b' here, through the
+order stored with the assignment, which is also the order the page was rendered in.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from preftune.web import votes
+from preftune.web.render import render, wants_json
+from preftune.web.security import get_store, require_annotator
+
+router = APIRouter(prefix="/annotate", dependencies=[Depends(require_annotator)])
+
+DISPLAY_CHOICES = ("left", "right", "tie", "both_bad", "skip")
+
+
+def _other(side: str) -> str:
+    return "b" if side == "a" else "a"
+
+
+def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, Any]):
+    store = get_store(request)
+    item = store.item(assignment["item_id"])
+    if assignment["shown_at"] is None:
+        votes.mark_shown(store, assignment["id"])
+    done, total = votes.progress(store, session["user_id"])
+    left_key = assignment["shown_left"]
+    left, right = item[f"response_{left_key}"], item[f"response_{_other(left_key)}"]
+    if wants_json(request):
+        return JSONResponse(
+            {
+                "item_id": item["id"],
+                "prompt": item["prompt"],
+                "left": left,
+                "right": right,
+                "vote_url": f"/annotate/items/{item['id']}/vote",
+                "done": done,
+                "total": total,
+                # For script clients; as safe here as in the page: other origins cannot read it.
+                "csrf": session["csrf"],
+            }
+        )
+    project = store.project(item["project_id"])
+    return render(
+        request,
+        "annotate.html",
+        title=project["name"],
+        project=project,
+        item=item,
+        left=left,
+        right=right,
+        done=done,
+        total=total,
+        vote_id=str(uuid.uuid4()),
+        strengths=list(enumerate(votes.STRENGTHS))[1:],
+    )
+
+
+@router.get("")
+def next_item(request: Request, session: dict = Depends(require_annotator)):
+    assignment = votes.next_assignment(get_store(request), session["user_id"])
+    if assignment is None:
+        done, total = votes.progress(get_store(request), session["user_id"])
+        if wants_json(request):
+            return JSONResponse({"item_id": None, "done": done, "total": total})
+        message = f"You have voted on all {total} items assigned to you. Thank you!"
+        return render(request, "message.html", title="Done", heading="All done", message=message)
+    return _item_page(request, session, assignment)
+
+
+@router.get("/items/{item_id}")
+def show_item(request: Request, item_id: int, session: dict = Depends(require_annotator)):
+    assignment = votes.assignment_for(get_store(request), session["user_id"], item_id)
+    if assignment is None:
+        raise HTTPException(403, "this item is not assigned to you")
+    if assignment["done"]:
+        # Never the same item twice: a voted item sends you on to the next one.
+        return RedirectResponse("/annotate", status_code=303)
+    return _item_page(request, session, assignment)
+
+
+@router.get("/guidelines")
+def guidelines(request: Request, session: dict = Depends(require_annotator)):
+    project = get_store(request).project(session["project_id"])
+    return render(request, "guidelines.html", title="Guidelines", project=project)
+
+
+@router.post("/items/{item_id}/vote")
+def vote(
+    request: Request,
+    item_id: int,
+    vote_id: str = Form(...),
+    choice: str = Form(...),
+    strength: str = Form(""),
+    rationale: str = Form(""),
+    session: dict = Depends(require_annotator),
+):
+    store = get_store(request)
+    assignment = votes.assignment_for(store, session["user_id"], item_id)
+    if assignment is None:
+        raise HTTPException(403, "this item is not assigned to you")
+    if choice not in DISPLAY_CHOICES:
+        raise HTTPException(400, f"choice must be one of {', '.join(DISPLAY_CHOICES)}")
+    stored_choice = {"left": assignment["shown_left"], "right": _other(assignment["shown_left"])}.get(
+        choice, choice
+    )
+    if strength and not strength.isdigit():
+        raise HTTPException(400, "strength must be 1, 2, 3 or 4")
+    strength_value = int(strength) if strength and stored_choice in ("a", "b") else None
+    recorded, created = votes.record_vote(
+        store, session["user_id"], item_id, vote_id, stored_choice, strength_value, rationale.strip()
+    )
+    if wants_json(request):
+        return JSONResponse(
+            {
+                "vote_id": recorded["vote_uid"],
+                "choice": recorded["choice"],
+                "created": created,
+                "next": "/annotate",
+            }
+        )
+    return RedirectResponse("/annotate", status_code=303)

@@ -1,0 +1,51 @@
+"""Login by secret link, logout, and the home page that sends each role where it belongs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+
+from preftune.web.render import render
+from preftune.web.security import COOKIE, current_session, get_store, set_session_cookie
+
+router = APIRouter()
+
+HOME_BY_ROLE = {"admin": "/admin", "annotator": "/annotate"}
+
+
+@router.get("/")
+def home(request: Request):
+    session = current_session(request)
+    if session is not None and session["role"] in HOME_BY_ROLE:
+        return RedirectResponse(HOME_BY_ROLE[session["role"]], status_code=303)
+    message = "Open the login link you were given to start."
+    return render(request, "message.html", title="Welcome", heading="preftune labeling", message=message)
+
+
+@router.get("/login/{token}")
+def login(request: Request, token: str):
+    store = get_store(request)
+    user = store.user_by_token(token)
+    if user is None or user["role"] not in HOME_BY_ROLE:
+        message = (
+            "This login link is not valid (it may have been replaced). Ask the project admin for a new one."
+        )
+        return render(request, "message.html", 403, title="Login", heading="Login failed", message=message)
+    old = request.cookies.get(COOKIE)
+    if old:
+        store.end_session(old)
+    session_token, _csrf = store.create_session(user["id"])
+    # 303 to a clean URL: the secret leaves the address bar and the history entry.
+    response = RedirectResponse(HOME_BY_ROLE[user["role"]], status_code=303)
+    set_session_cookie(response, request, session_token)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request):
+    token = request.cookies.get(COOKIE)
+    if token:
+        get_store(request).end_session(token)
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response

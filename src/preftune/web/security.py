@@ -1,0 +1,124 @@
+"""Who is asking, and may they: sessions, CSRF, roles and security headers.
+
+- Login is by secret link (`/login/TOKEN`); the server keeps only the token's hash. Visiting the
+  link opens a server-side session whose id travels in an HttpOnly, SameSite=Lax cookie (Secure
+  when served over HTTPS), so page scripts cannot read it and other sites cannot send it on POSTs.
+- Every state-changing request (any method but GET/HEAD/OPTIONS, on any route, including routes
+  added later) must carry the session's CSRF token, as the form field `csrf_token` or the
+  `X-CSRF-Token` header. This is checked by an app-wide dependency, not route by route.
+- Roles: admin pages refuse annotators (403); annotator pages refuse admins. Item-level checks
+  (only your own assignments) live in the annotate routes, through `votes.assignment_for`.
+- Every response carries a Content-Security-Policy that allows only this server's own scripts,
+  styles and images: no inline script, so an escaped payload could not run even if it slipped out.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from preftune.web.store import SESSION_SECONDS, Store
+
+COOKIE = "preftune_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    # Login links carry their secret in the path: never leak it to another site.
+    (b"referrer-policy", b"no-referrer"),
+]
+
+_UNLOADED = object()
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def current_session(request: Request) -> dict[str, Any] | None:
+    """The caller's session joined with their user, or None; looked up once per request."""
+    cached = getattr(request.state, "session", _UNLOADED)
+    if cached is not _UNLOADED:
+        return cached
+    token = request.cookies.get(COOKIE)
+    session = get_store(request).session(token) if token else None
+    request.state.session = session
+    return session
+
+
+async def csrf_protect(request: Request) -> None:
+    """App-wide dependency: refuse a state-changing request without this session's CSRF token."""
+    if request.method in SAFE_METHODS:
+        return
+    session = await run_in_threadpool(current_session, request)
+    if session is None:
+        raise HTTPException(403, "CSRF check failed: no session; open your login link again")
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            sent = (await request.form()).get(CSRF_FIELD)
+    if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), session["csrf"].encode()):
+        raise HTTPException(403, "CSRF check failed: missing or wrong token; reload the page")
+
+
+def require_admin(request: Request) -> dict[str, Any]:
+    session = current_session(request)
+    if session is None:
+        raise HTTPException(401, "not logged in: open your admin login link")
+    if session["role"] != "admin":
+        raise HTTPException(403, "this page is for the project admin")
+    return session
+
+
+def require_annotator(request: Request) -> dict[str, Any]:
+    session = current_session(request)
+    if session is None:
+        raise HTTPException(401, "not logged in: open the login link you were sent")
+    if session["role"] != "annotator":
+        raise HTTPException(403, "this page is for annotators")
+    return session
+
+
+def set_session_cookie(response: Any, request: Request, token: str) -> None:
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+
+
+class SecurityHeaders:
+    """ASGI middleware adding `SECURITY_HEADERS` to every HTTP response."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                present = {name for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,337 @@
+"""The labeling store: projects, items, people, sessions and jobs over SQLAlchemy Core.
+
+Assignment and voting live in `assign.py` and `votes.py`; they use `Store.read()` and
+`Store.write()`, the two ways to open a transaction. Rows come back as plain dicts.
+
+Secrets (login tokens, session cookies) are random 256-bit strings stored as sha256 hashes: a
+high-entropy token needs no slow password hash, and a leaked database gives no working link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from preftune.web import db
+from preftune.web.migrations import migrate
+
+SESSION_SECONDS = 30 * 24 * 3600
+ROLES = ("admin", "annotator", "judge")
+GOLD_CHOICES = ("a", "b", "tie", "both_bad")
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class StoreError(ValueError):
+    """A request the store refuses (duplicate name, bad setting...): one-line message."""
+
+
+class NotFound(StoreError):
+    """No such project, item or user (maps to HTTP 404)."""
+
+
+@dataclass
+class NewItem:
+    """An item to import: a conversation and, unless generation will fill them, two responses."""
+
+    prompt: list[dict[str, str]]
+    response_a: str | None = None
+    response_b: str | None = None
+    source: str | None = None
+    external_id: str | None = None
+
+
+def _row(row: Any) -> dict[str, Any] | None:
+    return None if row is None else dict(row._mapping)
+
+
+class Store:
+    """One database. Safe to share between threads: each call opens its own connection."""
+
+    def __init__(self, url: str = db.DEFAULT_DB):
+        self.url = url
+        try:
+            self.engine = db.make_engine(url)
+        except (ArgumentError, ImportError) as error:
+            raise StoreError(f"{url}: not a usable database URL ({error})") from None
+        self._write_lock = threading.Lock() if db.is_sqlite(self.engine) else contextlib.nullcontext()
+        try:
+            self.schema_version = migrate(self.engine)
+        except OperationalError as error:
+            self.engine.dispose()
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+            raise StoreError(f"{self.display_url}: cannot open the database ({reason})") from None
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that commits on success; on SQLite it holds the write lock from its start.
+
+        SQLite has one writer at a time. Threads of this process queue on a lock instead of in
+        SQLite's busy handler, whose sleep-and-retry polling adds up to 100 ms per wait at the tail;
+        the busy timeout still covers other processes (an export running beside the server).
+        """
+        with self._write_lock, self.engine.connect().execution_options(preftune_write=True) as connection:
+            with connection.begin():
+                yield connection
+
+    # -- projects ---------------------------------------------------------------------------------
+
+    def create_project(self, name: str, guideline: str = "", overlap: int = 1, gold_rate: float = 0.0) -> int:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise StoreError("a project name needs 1 to 200 characters")
+        _check_settings(overlap, gold_rate)
+        with self.write() as c:
+            if c.execute(select(db.projects.c.id).where(db.projects.c.name == name)).first():
+                raise StoreError(f"a project named {name!r} already exists")
+            values = dict(name=name, guideline=guideline, overlap=overlap, gold_rate=gold_rate)
+            return c.execute(
+                insert(db.projects).values(**values, created_at=time.time())
+            ).inserted_primary_key[0]
+
+    def update_project(self, project_id: int, **changes: Any) -> None:
+        allowed = {"guideline", "overlap", "gold_rate"}
+        if set(changes) - allowed:
+            raise StoreError(f"unknown project settings: {sorted(set(changes) - allowed)}")
+        project = self.project(project_id)
+        _check_settings(
+            changes.get("overlap", project["overlap"]), changes.get("gold_rate", project["gold_rate"])
+        )
+        with self.write() as c:
+            c.execute(update(db.projects).where(db.projects.c.id == project_id).values(**changes))
+
+    def project(self, project_id: int) -> dict[str, Any]:
+        with self.read() as c:
+            found = _row(c.execute(select(db.projects).where(db.projects.c.id == project_id)).first())
+        if found is None:
+            raise NotFound(f"no project with id {project_id}")
+        return found
+
+    def project_by_name(self, name: str) -> dict[str, Any]:
+        with self.read() as c:
+            found = _row(c.execute(select(db.projects).where(db.projects.c.name == name)).first())
+        if found is None:
+            raise NotFound(f"no project named {name!r} in {self.display_url}")
+        return found
+
+    def projects(self) -> list[dict[str, Any]]:
+        with self.read() as c:
+            return [_row(r) for r in c.execute(select(db.projects).order_by(db.projects.c.id))]
+
+    # -- items ------------------------------------------------------------------------------------
+
+    def add_items(self, project_id: int, new_items: list[NewItem]) -> list[int]:
+        self.project(project_id)
+        now = time.time()
+        ids = []
+        with self.write() as c:
+            for item in new_items:
+                values = dict(
+                    project_id=project_id,
+                    prompt=json.dumps(item.prompt, ensure_ascii=False),
+                    response_a=item.response_a,
+                    response_b=item.response_b,
+                    source=item.source,
+                    external_id=item.external_id,
+                    created_at=now,
+                )
+                ids.append(c.execute(insert(db.items).values(**values)).inserted_primary_key[0])
+        return ids
+
+    def items(self, project_id: int, pending: bool | None = None) -> list[dict[str, Any]]:
+        """The project's items; `pending=True` only those still waiting for their two responses."""
+        query = select(db.items).where(db.items.c.project_id == project_id).order_by(db.items.c.id)
+        if pending is not None:
+            missing = db.items.c.response_a.is_(None)
+            query = query.where(missing if pending else ~missing)
+        with self.read() as c:
+            return [_decode_item(r) for r in c.execute(query)]
+
+    def item(self, item_id: int) -> dict[str, Any]:
+        with self.read() as c:
+            found = c.execute(select(db.items).where(db.items.c.id == item_id)).first()
+        if found is None:
+            raise NotFound(f"no item with id {item_id}")
+        return _decode_item(found)
+
+    def set_responses(self, item_id: int, response_a: str, response_b: str) -> None:
+        with self.write() as c:
+            c.execute(
+                update(db.items)
+                .where(db.items.c.id == item_id)
+                .values(response_a=response_a, response_b=response_b)
+            )
+
+    def set_gold(self, item_id: int, gold: str | None) -> None:
+        """Mark an item as gold with its known answer, or unmark it with None."""
+        if gold is not None and gold not in GOLD_CHOICES:
+            raise StoreError(f"gold answer must be one of {', '.join(GOLD_CHOICES)}, not {gold!r}")
+        with self.write() as c:
+            c.execute(update(db.items).where(db.items.c.id == item_id).values(gold=gold))
+
+    def item_counts(self, project_id: int) -> dict[str, int]:
+        query = select(
+            func.count(),
+            func.count(db.items.c.response_a),
+            func.count(db.items.c.gold),
+        ).where(db.items.c.project_id == project_id)
+        with self.read() as c:
+            total, ready, gold = c.execute(query).one()
+            voted = c.execute(
+                select(func.count()).where(db.votes.c.project_id == project_id, db.votes.c.choice != "skip")
+            ).scalar()
+        return {"items": total, "ready": ready, "pending": total - ready, "gold": gold, "votes": voted}
+
+    # -- people and sessions ----------------------------------------------------------------------
+
+    def create_user(self, name: str, role: str, project_id: int | None = None) -> tuple[int, str | None]:
+        """Add a person (or judge) and return (user id, login token); judges get no token."""
+        name = name.strip()
+        if role not in ROLES:
+            raise StoreError(f"role must be one of {ROLES}, not {role!r}")
+        if not name or len(name) > 200:
+            raise StoreError("a name needs 1 to 200 characters")
+        if role != "admin":
+            self.project(project_id)
+        token = None if role == "judge" else new_token()
+        with self.write() as c:
+            taken = select(db.users.c.id).where(db.users.c.project_id == project_id, db.users.c.name == name)
+            if role != "admin" and c.execute(taken).first():
+                raise StoreError(f"{name!r} is already in this project")
+            values = dict(name=name, role=role, project_id=project_id, created_at=time.time())
+            values["token_hash"] = hash_token(token) if token else None
+            return c.execute(insert(db.users).values(**values)).inserted_primary_key[0], token
+
+    def users(self, project_id: int) -> list[dict[str, Any]]:
+        query = select(db.users.c.id, db.users.c.name, db.users.c.role, db.users.c.created_at)
+        with self.read() as c:
+            rows = c.execute(query.where(db.users.c.project_id == project_id).order_by(db.users.c.id))
+            return [_row(r) for r in rows]
+
+    def user(self, user_id: int) -> dict[str, Any]:
+        query = select(db.users.c.id, db.users.c.name, db.users.c.role, db.users.c.project_id)
+        with self.read() as c:
+            found = _row(c.execute(query.where(db.users.c.id == user_id)).first())
+        if found is None:
+            raise NotFound(f"no user with id {user_id}")
+        return found
+
+    def user_by_token(self, token: str) -> dict[str, Any] | None:
+        query = select(db.users.c.id, db.users.c.name, db.users.c.role, db.users.c.project_id)
+        with self.read() as c:
+            return _row(c.execute(query.where(db.users.c.token_hash == hash_token(token))).first())
+
+    def has_admin(self) -> bool:
+        with self.read() as c:
+            return c.execute(select(db.users.c.id).where(db.users.c.role == "admin")).first() is not None
+
+    def new_admin_token(self) -> str:
+        """A fresh admin login token: creates the admin on first use, else replaces the old link."""
+        with self.read() as c:
+            admin_id = c.execute(select(db.users.c.id).where(db.users.c.role == "admin")).scalar()
+        if admin_id is None:
+            return self.create_user("admin", "admin")[1]
+        token = new_token()
+        with self.write() as c:
+            c.execute(update(db.users).where(db.users.c.id == admin_id).values(token_hash=hash_token(token)))
+        return token
+
+    def create_session(self, user_id: int) -> tuple[str, str]:
+        """Open a session and return (cookie value, CSRF token)."""
+        token, csrf, now = new_token(), secrets.token_urlsafe(32), time.time()
+        values = dict(token_hash=hash_token(token), user_id=user_id, csrf=csrf, created_at=now)
+        with self.write() as c:
+            c.execute(delete(db.sessions).where(db.sessions.c.expires_at < now))  # keep the table small
+            c.execute(insert(db.sessions).values(**values, expires_at=now + SESSION_SECONDS))
+        return token, csrf
+
+    def session(self, token: str) -> dict[str, Any] | None:
+        """The live session for a cookie value, joined with its user, or None."""
+        s, u = db.sessions, db.users
+        query = (
+            select(s.c.user_id, s.c.csrf, u.c.name, u.c.role, u.c.project_id)
+            .join(u, u.c.id == s.c.user_id)
+            .where(s.c.token_hash == hash_token(token), s.c.expires_at > time.time())
+        )
+        with self.read() as c:
+            return _row(c.execute(query).first())
+
+    def end_session(self, token: str) -> None:
+        with self.write() as c:
+            c.execute(delete(db.sessions).where(db.sessions.c.token_hash == hash_token(token)))
+
+    # -- background jobs --------------------------------------------------------------------------
+
+    def create_job(self, project_id: int, kind: str, total: int = 0) -> int:
+        now = time.time()
+        values = dict(project_id=project_id, kind=kind, status="running", total=total, message="starting")
+        with self.write() as c:
+            return c.execute(
+                insert(db.jobs).values(**values, created_at=now, updated_at=now)
+            ).inserted_primary_key[0]
+
+    def update_job(self, job_id: int, **changes: Any) -> None:
+        with self.write() as c:
+            c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(**changes, updated_at=time.time()))
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        with self.read() as c:
+            return _row(c.execute(select(db.jobs).where(db.jobs.c.id == job_id)).first())
+
+    def jobs(self, project_id: int) -> list[dict[str, Any]]:
+        query = select(db.jobs).where(db.jobs.c.project_id == project_id).order_by(db.jobs.c.id.desc())
+        with self.read() as c:
+            return [_row(r) for r in c.execute(query)]
+
+    def fail_interrupted_jobs(self) -> int:
+        """At start-up, jobs still marked running died with the previous server: say so."""
+        with self.write() as c:
+            result = c.execute(
+                update(db.jobs)
+                .where(db.jobs.c.status == "running")
+                .values(status="failed", message="interrupted: the server stopped", updated_at=time.time())
+            )
+            return result.rowcount
+
+
+def _check_settings(overlap: int, gold_rate: float) -> None:
+    if not 1 <= int(overlap) <= 100:
+        raise StoreError(f"overlap must be between 1 and 100, not {overlap}")
+    if not 0.0 <= float(gold_rate) < 1.0:
+        raise StoreError(f"gold rate must be in [0, 1), not {gold_rate}")
+
+
+def _decode_item(row: Any) -> dict[str, Any]:
+    item = dict(row._mapping)
+    item["prompt"] = json.loads(item["prompt"])
+    return item

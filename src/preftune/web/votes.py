@@ -1,0 +1,182 @@
+"""An annotator's queue and their votes.
+
+Votes are stored in item terms ('a', 'b', ...), never as 'left'/'right': the page translates what
+was pressed through the assignment's stored order, and the vote keeps a copy of that order.
+
+Exactly-once recording rests on two unique constraints, not on luck: `vote_uid` (a retry of the same
+submission returns the vote already stored) and `assignment_id` (a second, different submission for
+the same item is refused). Both hold under SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from preftune.web import db
+from preftune.web.assign import judge_assignment
+from preftune.web.store import Store, StoreError
+
+CHOICES = ("a", "b", "tie", "both_bad", "skip")
+# Index = stored strength; the words annotators see.
+STRENGTHS = (None, "negligibly", "slightly", "clearly", "much")
+MAX_RATIONALE = 5000
+_VOTE_UID = re.compile(r"^[A-Za-z0-9:_.\-]{8,100}$")
+
+
+class NotAssigned(StoreError):
+    """The item is not in this person's queue (maps to HTTP 403)."""
+
+
+class AlreadyVoted(StoreError):
+    """This person already voted on the item with another vote id (maps to HTTP 409)."""
+
+
+def next_assignment(store: Store, user_id: int) -> dict[str, Any] | None:
+    """The first undone assignment in the person's queue, or None when they are finished."""
+    a = db.assignments
+    query = select(a).where(a.c.user_id == user_id, a.c.done.is_(False)).order_by(a.c.position).limit(1)
+    with store.read() as c:
+        row = c.execute(query).first()
+    return None if row is None else dict(row._mapping)
+
+
+def assignment_for(store: Store, user_id: int, item_id: int) -> dict[str, Any] | None:
+    """This person's assignment for an item, or None: the only door to an item for an annotator."""
+    a = db.assignments
+    with store.read() as c:
+        row = c.execute(select(a).where(a.c.user_id == user_id, a.c.item_id == item_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def mark_shown(store: Store, assignment_id: int) -> None:
+    """Record the first time an item is shown (the clock for seconds-per-vote)."""
+    a = db.assignments
+    with store.write() as c:
+        c.execute(
+            update(a).where(a.c.id == assignment_id, a.c.shown_at.is_(None)).values(shown_at=time.time())
+        )
+
+
+def progress(store: Store, user_id: int) -> tuple[int, int]:
+    """(done, total) assignments for a person."""
+    a = db.assignments
+    query = select(func.count(), func.count().filter(a.c.done.is_(True))).where(a.c.user_id == user_id)
+    with store.read() as c:
+        total, done = c.execute(query).one()
+    return done, total
+
+
+def validate_vote(vote_uid: str, choice: str, strength: int | None, rationale: str) -> None:
+    if not isinstance(vote_uid, str) or not _VOTE_UID.match(vote_uid):
+        raise StoreError("vote id must be 8-100 characters of letters, digits and : _ . -")
+    if choice not in CHOICES:
+        raise StoreError(f"choice must be one of {', '.join(CHOICES)}, not {choice!r}")
+    if strength is not None and (choice not in ("a", "b") or strength not in range(1, len(STRENGTHS))):
+        raise StoreError("strength (1-4) goes only with an 'a' or 'b' choice")
+    if len(rationale) > MAX_RATIONALE:
+        raise StoreError(f"rationale is longer than {MAX_RATIONALE} characters")
+
+
+def record_vote(
+    store: Store,
+    user_id: int,
+    item_id: int,
+    vote_uid: str,
+    choice: str,
+    strength: int | None = None,
+    rationale: str = "",
+) -> tuple[dict[str, Any], bool]:
+    """Store a vote exactly once. Returns (the vote, whether this call created it).
+
+    Raises NotAssigned when the item is not in the person's queue, AlreadyVoted when they voted on
+    it under another vote id, StoreError on a malformed vote.
+    """
+    validate_vote(vote_uid, choice, strength, rationale)
+    v, a = db.votes, db.assignments
+    try:
+        with store.write() as c:
+            existing = c.execute(select(v).where(v.c.vote_uid == vote_uid)).first()
+            if existing is not None:
+                return _same_submitter(existing, user_id, item_id), False
+            assignment = c.execute(select(a).where(a.c.user_id == user_id, a.c.item_id == item_id)).first()
+            if assignment is None:
+                raise NotAssigned(f"item {item_id} is not assigned to you")
+            if assignment.done:
+                # Under READ COMMITTED a twin of this request may have committed since the lookup
+                # above: if the stored vote is this very submission, it is a retry, not a conflict.
+                stored = c.execute(select(v).where(v.c.assignment_id == assignment.id)).first()
+                if stored is not None and stored.vote_uid == vote_uid:
+                    return dict(stored._mapping), False
+                raise AlreadyVoted(f"you already voted on item {item_id}")
+            now = time.time()
+            values = dict(
+                vote_uid=vote_uid,
+                assignment_id=assignment.id,
+                project_id=assignment.project_id,
+                item_id=item_id,
+                user_id=user_id,
+                choice=choice,
+                strength=strength,
+                rationale=rationale,
+                shown_left=assignment.shown_left,
+                seconds=None if assignment.shown_at is None else max(now - assignment.shown_at, 0.0),
+                created_at=now,
+            )
+            values["id"] = c.execute(insert(v).values(**values)).inserted_primary_key[0]
+            c.execute(update(a).where(a.c.id == assignment.id).values(done=True))
+    except IntegrityError:
+        # A concurrent duplicate won the race (PostgreSQL READ COMMITTED): return what it stored.
+        with store.read() as c:
+            existing = c.execute(select(v).where(v.c.vote_uid == vote_uid)).first()
+        if existing is None:
+            raise AlreadyVoted(f"you already voted on item {item_id}") from None
+        return _same_submitter(existing, user_id, item_id), False
+    return values, True
+
+
+def _same_submitter(existing: Any, user_id: int, item_id: int) -> dict[str, Any]:
+    if existing.user_id != user_id or existing.item_id != item_id:
+        raise AlreadyVoted("this vote id was already used for another vote")
+    return dict(existing._mapping)
+
+
+def record_judge_vote(store: Store, project_id: int, judge_user_id: int, item_id: int, choice: str) -> bool:
+    """A judge's vote on an item; re-running a judge never adds a second one. True if new."""
+    vote_uid = f"judge:{judge_user_id}:{item_id}"
+    validate_vote(vote_uid, choice, None, "")
+    with store.write() as c:
+        if c.execute(select(db.votes.c.id).where(db.votes.c.vote_uid == vote_uid)).first():
+            return False
+        assignment_id = judge_assignment(c, project_id, item_id, judge_user_id)
+        values = dict(vote_uid=vote_uid, assignment_id=assignment_id, project_id=project_id, item_id=item_id)
+        c.execute(
+            insert(db.votes).values(
+                **values,
+                user_id=judge_user_id,
+                choice=choice,
+                shown_left="a",
+                rationale="",
+                created_at=time.time(),
+            )
+        )
+        c.execute(update(db.assignments).where(db.assignments.c.id == assignment_id).values(done=True))
+    return True
+
+
+def project_votes(store: Store, project_id: int) -> list[dict[str, Any]]:
+    """Every vote in a project with its voter's name and role and the item's gold answer."""
+    v, u, i = db.votes, db.users, db.items
+    query = (
+        select(v, u.c.name.label("user_name"), u.c.role.label("user_role"), i.c.gold.label("gold"))
+        .join(u, u.c.id == v.c.user_id)
+        .join(i, i.c.id == v.c.item_id)
+        .where(v.c.project_id == project_id)
+        .order_by(v.c.id)
+    )
+    with store.read() as c:
+        return [dict(r._mapping) for r in c.execute(query)]
