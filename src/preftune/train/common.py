@@ -259,6 +259,7 @@ class TrainProgress:
         self.started = time.perf_counter()
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -276,6 +277,7 @@ class TrainProgress:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout stays free for results (tables, JSON)
         )
         self.task = self.progress.add_task(label, total=total, completed=start, status="")
         self.progress.start()
