@@ -322,14 +322,31 @@ def serve(
     db: str = typer.Option("sqlite:///preftune.db", "--db", help="Database URL: sqlite:///FILE (default) or postgresql://..."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback prints a warning."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
+    runs: Path = typer.Option(None, "--runs", help="Folder of run folders: the dashboard at /runs follows them live."),
 ) -> None:
-    """Run the labeling app (and dashboard): people compare two answers; votes go to the database."""
+    """Run the labeling app, the training dashboard (/runs) and the playground (/playground)."""
     from .web.app import serve as run_server
 
     try:
-        run_server(db=db, host=host, port=port)
+        run_server(db=db, host=host, port=port, runs=runs)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
+
+
+@app.command("report")
+@user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder (the --out of dpo, rm, ppo or sft)."),
+    out: Path = typer.Option(None, "-o", "--out", help="Where to write the HTML (default: RUN_DIR/report.html)."),
+) -> None:
+    """Write a self-contained report.html (config, charts, final eval, samples) that opens offline."""
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir, out)
+    except (RuntimeError, OSError) as err:
+        _fail(f"{run_dir}: {err}")
+    typer.echo(str(path))
 
 
 @app.command("export")
@@ -367,6 +384,113 @@ def judge(
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
     typer.echo(report.summary())
+
+
+# ---- RLHF: `preftune ppo`, `preftune bon` ------------------------------------------------------
+
+
+def _run_ppo(config):
+    from .train.ppo import train_ppo
+
+    out = train_ppo(config)
+    typer.echo(f"run folder: {out}")
+
+
+def _register_ppo_command() -> None:
+    from .config import PPOConfig
+
+    add_config_command("ppo", PPOConfig, _run_ppo, "RLHF with PPO under a KL penalty, rewarded by a reward model (rm:DIR) or a judge.")
+
+
+_register_ppo_command()
+
+
+@app.command("bon")
+@user_errors
+def bon(
+    model: str = typer.Option(..., "--model", help="Policy to sample from: local folder, hub name, or alias (smollm2-135m, tiny)."),
+    reward: str = typer.Option(..., "--reward", help="What picks the best: rm:DIR, judge:sentiment or judge:readability."),
+    prompts: Path = typer.Option(..., "--prompts", help='JSONL of {"prompt": str | [messages]}, or .txt, one prompt per line.'),
+    n: int = typer.Option(16, "-n", help="Completions sampled per prompt."),
+    out: Path = typer.Option(..., "-o", "--out", help="JSONL to write: prompt, best response, its score, all n scores."),
+    gold: str = typer.Option(None, "--gold", help="Optional second judge scoring the kept completion."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(1.0, "--temperature", help="The KL figure is relative to this sampling distribution."),
+    top_k: int = typer.Option(0, "--top-k", min=0),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Sequences per generate call."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Best-of-n: sample n completions per prompt, keep the best; prints the mean kept score and
+    the KL of best-of-n, log n - (n-1)/n, for n and each power of two below it."""
+    from .bon import run_best_of_n
+    from .config import BoNConfig, resolve_config
+
+    settings = dict(model=model, reward=reward, prompts=str(prompts), n=n, out=str(out), gold=gold,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                    batch_size=batch_size, device=device)  # fmt: skip
+    typer.echo(json.dumps(run_best_of_n(resolve_config(BoNConfig, None, settings))))
+
+
+# ---- evaluation: `preftune eval` -----------------------------------------------------------------
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    model: str = typer.Option(None, "--model", help="Policy to evaluate: local folder, hub name, or alias (smollm2-135m, tiny)."),
+    ref: str = typer.Option(None, "--ref", help="Reference policy (usually the model training started from)."),
+    prompts: Path = typer.Option(None, "--prompts", help='Held-out prompts: JSONL with a "prompt" (text or a list of messages) per line, or .txt lines.'),
+    judge: list[str] = typer.Option([], "--judge", help="Judge to compare with: sentiment, readability or rm:DIR; repeat for several."),
+    gold: str = typer.Option(None, "--gold", help="Held-out gold judge; the --judge(s) are then proxies and the gap is reported."),
+    n: int = typer.Option(1, "-n", help="Samples per prompt from each model."),
+    out: Path = typer.Option(..., "--out", help="Folder for eval.json, generations.jsonl and report.html."),
+    max_prompts: int = typer.Option(0, "--max-prompts", min=0, help="Use the first N prompts (0: all)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature; the KL is between the two models at it."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (below 1 biases the KL estimate)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed, the same for both models."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per generate / forward call."),
+    tie_tolerance: float = typer.Option(0.0, "--tie-tolerance", min=0.0, help="Score differences at or below this are ties."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    human: str = typer.Option(None, "--human", help="Labeling database URL (as for `preftune serve --db`): add a policy-vs-reference project."),
+    project: str = typer.Option(None, "--project", help="Labeling project name for --human / --from-labels (default: eval-<out folder>)."),
+    from_labels: str = typer.Option(None, "--from-labels", help="Labeling database URL: turn the votes of --project into the win-rate report."),
+    as_json: bool = typer.Option(False, "--json", help="Print eval.json to stdout instead of a table."),
+) -> None:
+    """Win rate (with CI and length control), KL, lengths and judge scores of a policy vs its reference."""
+    from rich.console import Console
+
+    from .eval.run import EvalSettings, run_eval, summary_table, write_outputs
+
+    if from_labels:
+        from .eval.human import human_report
+
+        if not project:
+            _fail("--from-labels needs --project NAME")
+        result = human_report(from_labels, project, seed=seed)
+        write_outputs(out, result)
+    else:
+        missing = [flag for flag, value in (("--model", model), ("--ref", ref), ("--prompts", prompts)) if not value]
+        if missing:
+            _fail(f"{', '.join(missing)} required (or --from-labels URL --project NAME)")
+        settings = EvalSettings(model=model, ref=ref, prompts=str(prompts), out=str(out), judges=list(judge), gold=gold, n=n,
+                                max_prompts=max_prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                seed=seed, batch_size=batch_size, tie_tolerance=tie_tolerance, device=device, human=human,
+                                project=project)  # fmt: skip
+        result = run_eval(settings)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console = Console()
+    if result["judges"]:
+        console.print(summary_table(result))
+    if result.get("human"):
+        h = result["human"]
+        typer.echo(f"labeling project {h['project']!r}: {h['items']} items in {h['db']}; collect votes with "
+                   f"`preftune serve --db {human}`, then `preftune eval --from-labels {human} --project {h['project']} --out {out}`")  # fmt: skip
+    typer.echo(f"wrote {out / 'eval.json'} and {out / 'report.html'}")
 
 
 def main() -> None:

@@ -80,4 +80,19 @@ def finish_run(config: TrainConfig, model, tokenizer, out: Path, summary: dict, 
     payload = {"final": str(final), "metrics": summary, "truncation": truncation or {}}
     (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print(f"final model: {final}", file=sys.stderr)
+    write_run_report(out)
     return final
+
+
+def write_run_report(out: Path) -> Path | None:
+    """The run's report.html; a failure is printed, never raised: the trained model is what matters."""
+    from ..report import write_report
+
+    try:
+        path = write_report(out)
+    except Exception as err:  # noqa: BLE001 - any reporting bug must not lose a finished run
+        print(f"report: could not write {out / 'report.html'}: {type(err).__name__}: {err} "
+              f"(retry with `preftune report {out}`)", file=sys.stderr)  # fmt: skip
+        return None
+    print(f"report: {path}", file=sys.stderr)
+    return path

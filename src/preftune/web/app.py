@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -19,18 +20,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from preftune.web.db import DEFAULT_DB
 from preftune.web.render import STATIC_DIR, render, wants_json
-from preftune.web.routes import admin, admin_items, annotate, auth
+from preftune.web.routes import admin, admin_items, annotate, auth, dashboard, playground
 from preftune.web.security import SecurityHeaders, csrf_protect
 from preftune.web.store import NotFound, Store, StoreError
 from preftune.web.votes import AlreadyVoted, NotAssigned
 
-ROUTERS = [auth.router, admin.router, admin_items.router, annotate.router]
+ROUTERS = [auth.router, admin.router, admin_items.router, annotate.router, dashboard.router, playground.router]
 
 _STATUS_BY_ERROR = [(NotAssigned, 403), (AlreadyVoted, 409), (NotFound, 404), (StoreError, 400)]
 
 
-def create_app(db: str | Store = DEFAULT_DB) -> FastAPI:
-    """The app over the database at `db` (a URL or an open Store); creates or migrates the schema."""
+def create_app(db: str | Store = DEFAULT_DB, runs: str | Path | None = None) -> FastAPI:
+    """The app over the database at `db` (a URL or an open Store); creates or migrates the schema.
+
+    `runs` is the folder of run folders the dashboard (`/runs`) shows; None shows none.
+    """
     store = db if isinstance(db, Store) else Store(db)
     store.fail_interrupted_jobs()
     app = FastAPI(
@@ -42,6 +46,7 @@ def create_app(db: str | Store = DEFAULT_DB) -> FastAPI:
         dependencies=[Depends(csrf_protect)],
     )
     app.state.store = store
+    app.state.runs_dir = Path(runs) if runs is not None else None
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
@@ -115,11 +120,22 @@ def admin_link(db: str, base_url: str = "http://127.0.0.1:8000") -> str:
         store.close()
 
 
-def serve(db: str = DEFAULT_DB, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """`preftune serve`: create or open the database, print the startup lines, run uvicorn."""
+def serve(
+    db: str = DEFAULT_DB, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", runs: str | Path | None = None
+) -> None:
+    """`preftune serve`: create or open the database, print the startup lines, run uvicorn.
+
+    With `runs`, the dashboard at /runs shows the run folders under it, live while they train.
+    """
     import uvicorn
 
+    if runs is not None and not Path(runs).is_dir():
+        raise ValueError(f"--runs {runs}: not a folder (give the folder that holds your run folders)")
     store = Store(db)
     for line in startup_lines(store, host, port):
         print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout, flush=True)
-    uvicorn.run(create_app(store), host=host, port=port, log_level=log_level)
+    if runs is not None:
+        link_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        link_host = f"[{link_host}]" if ":" in link_host else link_host
+        print(f"Dashboard of the runs in {runs}: http://{link_host}:{port}/runs", flush=True)
+    uvicorn.run(create_app(store, runs=runs), host=host, port=port, log_level=log_level)
