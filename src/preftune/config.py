@@ -206,6 +206,8 @@ class TrainConfig:
     report_to: str = setting("none", help="Mirror metrics to tensorboard, wandb or none.")
     precision: str = setting("auto", help="auto (fp32 on CPU, bf16 autocast on CUDA), fp32 or bf16.")
     device: str = setting("auto", help="auto, cpu or cuda.")
+    batching: typing.Literal["fast", "padded"] = setting("fast", help="Pair layout: fast (prefix-shared, packed, LM head only on completions) or padded (the plain reference layout).")
+    pack_length: int = setting(0, help="With --batching fast, tokens per packed row (0: as long as the longest pair in the batch; 1: one pair per row, no packing).")
 
 
 @dataclass
@@ -230,6 +232,7 @@ class RMConfig(TrainConfig):
 
     use_margin: bool = setting(True, help="Subtract each pair's margin (from the data) from the reward gap: -log sigmoid(r_c - r_r - m).")
     center_coef: float = setting(0.0, help="Weight of the centering term (r_c + r_r)^2 that keeps rewards near 0 (0.01 is usual).")
+    lora_top_layers: int = setting(0, help="With --lora, adapt only the last N transformer blocks (0: all); backward stops below them, much faster on CPU.")
 
 
 @dataclass(kw_only=True)

@@ -87,7 +87,7 @@ def test_rm_judge_equals_reward_of_sequences(reward_model_dir):
     [
         (
             "judge:kindness",
-            r"^judge:kindness: unknown judge; choose one of judge:sentiment, judge:readability, rm:DIR$",
+            r"^judge:kindness: unknown judge; choose one of judge:sentiment, judge:readability, judge:kid, rm:DIR$",
         ),
         ("bleu", r"^bleu: unknown judge; choose one of"),
         ("rm:", r"^rm:: rm: needs a folder"),
@@ -107,3 +107,18 @@ def test_rm_judge_on_a_missing_folder(tmp_path):
 def test_score_batch_checks_lengths():
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         score_batch(get_judge("sentiment"), ["a", "b"], ["c"])
+
+
+def test_kid_judge_prefers_simple_on_topic_answers():
+    from preftune.judges.registry import get_judge, score_batch
+
+    judge = get_judge("judge:kid")
+    prompt = "Explain photosynthesis to a 5-year-old."
+    simple = "Plants are like little chefs! They use sunlight, water and air to make their own food."
+    jargon = ("Photosynthesis is the process by which chloroplasts convert light energy into chemical energy "
+              "via the light-dependent reactions and the Calvin cycle, producing glucose and oxygen.")
+    off_topic = "I like trains. Trains are fast."
+    simple_score, jargon_score, off_score = score_batch(judge, [prompt] * 3, [simple, jargon, off_topic])
+    assert simple_score > 0.5 > jargon_score
+    assert off_score == 0.0  # easy to read, but not an answer: relevance is a guard
+    assert judge(prompt, simple) == simple_score

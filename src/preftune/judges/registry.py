@@ -4,6 +4,7 @@ reward model is (PPO rewards, best-of-n, labeling candidates, evaluation).
 Spellings accepted by `get_judge`:
 - `sentiment` or `judge:sentiment`: VADER compound in [-1, 1] (`judges/sentiment.py`);
 - `readability` or `judge:readability`: Flesch reading ease, higher = easier (`judges/readability.py`);
+- `kid` or `judge:kid`: the demo's gold judge, readability x on-topic relevance (`judges/kid.py`);
 - `rm:DIR`: a reward model saved by `preftune rm` (its `final/` or a checkpoint), scoring the
   prompt + response through the one tokenization path, in batches (`score_batch`).
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.schema import DataError
+from .kid import kid_score, kid_scores
 from .readability import readability_score
 from .sentiment import sentiment_score
 
@@ -29,7 +31,10 @@ JUDGE_PREFIX = "judge:"
 BUILTIN_JUDGES: dict[str, Callable[[Any, str], float]] = {
     "sentiment": sentiment_score,
     "readability": readability_score,
+    "kid": kid_score,
 }
+# Judges that score whole lists faster than one pair at a time (the embedding model batches).
+BATCHED_JUDGES: dict[str, Callable[[list, list[str]], list[float]]] = {"kid": kid_scores}
 
 
 class JudgeError(DataError):
@@ -76,7 +81,7 @@ def get_judge(
     name = spec.removeprefix(JUDGE_PREFIX)
     if name not in BUILTIN_JUDGES:
         raise JudgeError(spec, f"unknown judge; choose one of {', '.join(known_judges())}")
-    return Judge(name, BUILTIN_JUDGES[name])
+    return Judge(name, BUILTIN_JUDGES[name], BATCHED_JUDGES.get(name))
 
 
 def reward_model_judge(
