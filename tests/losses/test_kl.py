@@ -162,3 +162,26 @@ def test_adaptive_controller_rejects_bad_settings():
         AdaptiveKLController(0.1, target=0.0, horizon=100)
     with pytest.raises(ValueError, match="horizon"):
         AdaptiveKLController(0.1, target=1.0, horizon=0)
+
+
+def test_best_of_n_kl_closed_form_and_exact_discrete_bound():
+    from preftune.losses.kl import best_of_n_kl
+
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(2) == pytest.approx(np.log(2) - 0.5, abs=1e-15)
+    assert best_of_n_kl(16) == pytest.approx(np.log(16) - 15 / 16, abs=1e-15)
+    values = [best_of_n_kl(n) for n in (1, 2, 4, 8, 16, 64)]
+    assert values == sorted(values) and all(v < np.log(n) for v, n in zip(values[1:], (2, 4, 8, 16, 64), strict=True))
+    # Exact KL of best-of-n over N equally likely distinct outcomes ranked by score: the kept
+    # outcome of rank i has probability (i/N)^n - ((i-1)/N)^n. It approaches the formula from
+    # below as N grows (ties make the formula an upper bound).
+    for n in (2, 4, 16):
+        for outcomes, tolerance in ((10, None), (100_000, 1e-3)):
+            ranks = np.arange(1, outcomes + 1) / outcomes
+            kept = ranks**n - (ranks - 1 / outcomes) ** n
+            exact = float(np.sum(kept * np.log(kept * outcomes)))
+            assert exact <= best_of_n_kl(n) + 1e-12
+            if tolerance:
+                assert exact == pytest.approx(best_of_n_kl(n), abs=tolerance)
+    with pytest.raises(ValueError, match="n >= 1"):
+        best_of_n_kl(0)

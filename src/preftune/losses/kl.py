@@ -13,6 +13,7 @@ Each estimator maps [B, T] log-probs of the sampled tokens to a [B, T] per-token
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -160,3 +161,19 @@ class AdaptiveKLController:
         proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         # Multiplicative update: KL above target raises beta, below target lowers it.
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || base) = log n - (n - 1) / n, in nats, for keeping the best of n samples.
+
+    Stiennon et al. 2020 ("Learning to summarize from human feedback", appendix) and Gao et al. 2022
+    ("Scaling Laws for Reward Model Overoptimization", section 2): with continuous, distinct scores
+    the kept sample's score has CDF F^n, density n F^(n-1) relative to the base, so
+        KL = E[log(n F^(n-1))] = log n + (n - 1) * integral_0^1 n u^(n-1) log u du = log n - (n-1)/n.
+    With ties (finitely many outcomes) the true KL is lower: the formula is an upper bound
+    (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy").
+    """
+    if n < 1:
+        raise ValueError(f"best-of-n needs n >= 1, got {n}")
+    # log n: the density ratio's ceiling; (n-1)/n: the mean of -(n-1) log F under the kept sample.
+    return math.log(n) - (n - 1) / n

@@ -1,0 +1,384 @@
+"""PPO-RLHF under a KL penalty (Ziegler et al. 2019; InstructGPT, Ouyang et al. 2022): one loop.
+
+    load policy, reference, value model, reward -> for each iteration:
+      1. rollout: sample one completion per prompt (KV cache, temperature 1 by default)
+      2. score: reward model or judge, minus a penalty for a missing EOS, clip / whiten if asked
+      3. per-token rewards: -kl_coef * KL(policy || reference) per token, the score at the last
+      4. advantages: GAE, whitened
+      5. update: PPO epochs over minibatches, clipped policy + value losses, early stop on approx-KL
+      -> adaptive KL coefficient, log, evaluate on held-out prompts, checkpoint -> final model.
+
+The math lives elsewhere: `losses/kl.py`, `losses/advantages.py`, `losses/ppo.py`; the rollout
+layout and sampling in `train/rollout.py`. This file only orders the work.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, PPOConfig
+from ..data.formats import read_prompts
+from ..data.schema import DataError, Message
+from ..losses.advantages import gae, masked_whiten
+from ..losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_k1, kl_penalized_rewards
+from ..losses.ppo import clipped_policy_loss, clipped_value_loss
+from ..runlog import RunLog
+from . import common
+from .rollout import (
+    RolloutBatch,
+    model_logprobs,
+    prompt_text_of,
+    reference_logprobs,
+    response_logits_and_hidden,
+    response_logprobs,
+    sample,
+    score_responses,
+    shape_scores,
+    warn_if_truncated_sampling,
+)
+from .setup import finish_run, load_model_for_training
+
+# Seeds derived from --seed: a rollout's sampling and an iteration's minibatch order depend only on
+# (seed, iteration), so a resumed run draws exactly what the uninterrupted one would have.
+_ITERATION_STRIDE = 1_000_003
+_EVAL_SEED_OFFSET = 7_919
+
+
+def validate(config: PPOConfig) -> None:
+    """Settings that would fail later, as one-line errors naming the flag."""
+    minibatch = config.batch_size * config.grad_accum
+    checks = [
+        ("--value", config.value in ("separate", "shared"), f"must be separate or shared, got {config.value!r}"),
+        ("--kl-estimator", config.kl_estimator in KL_ESTIMATORS, f"must be one of {', '.join(KL_ESTIMATORS)}, got {config.kl_estimator!r}"),
+        ("--iterations", config.iterations >= 1, "must be at least 1"),
+        ("--ppo-epochs", config.ppo_epochs >= 1, "must be at least 1"),
+        ("--temperature", config.temperature > 0, "must be > 0"),
+        ("--kl-coef", config.kl_coef >= 0, "must be >= 0"),
+        ("--target-kl", config.target_kl >= 0, "must be >= 0 (0: fixed --kl-coef)"),
+        ("--rollout-batch", config.rollout_batch >= 1 and config.rollout_batch % minibatch == 0,
+         f"must be a positive multiple of --batch-size x --grad-accum = {minibatch}, got {config.rollout_batch}"),
+    ]  # fmt: skip
+    for flag, ok, reason in checks:
+        if not ok:
+            raise ConfigError(flag, 0, reason)
+
+
+def load_prompt_splits(config: PPOConfig) -> tuple[list[list[Message]], list[list[Message]]]:
+    """Training prompts and held-out prompts (from --eval-data, or a seeded --eval-split of --prompts)."""
+    prompts = read_prompts(config.prompts)
+    if config.eval_data:
+        return prompts, read_prompts(config.eval_data)
+    if config.eval_split <= 0:
+        return prompts, []
+    count = int(round(config.eval_split * len(prompts)))
+    if count < 1 or count >= len(prompts):
+        raise DataError(
+            config.prompts,
+            0,
+            f"--eval-split {config.eval_split} leaves no prompts on one side of {len(prompts)}",
+        )
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    return [prompts[i] for i in order[count:]], [prompts[i] for i in order[:count]]
+
+
+def load_reward(config: PPOConfig, device: torch.device):
+    from ..judges.registry import get_judge
+
+    return get_judge(config.reward, device=str(device), batch_size=config.rollout_batch)
+
+
+class ValueFunction(torch.nn.Module):
+    """V(s_t) for every response token: a separate scalar-head model, or a head on the policy trunk."""
+
+    def __init__(self, separate: torch.nn.Module | None, shared_head: torch.nn.Linear | None):
+        super().__init__()
+        self.separate, self.shared_head = separate, shared_head
+
+    def forward(self, batch: RolloutBatch, policy_hidden: torch.Tensor | None) -> torch.Tensor:
+        if self.shared_head is not None:
+            return self.shared_head(policy_hidden).squeeze(-1).float()
+        values = self.separate(batch.input_ids, batch.attention_mask, batch.position_ids)
+        return values[:, batch.context_length - 1 : -1]  # the state before each action
+
+
+def make_value_function(config: PPOConfig, policy, tokenizer, device: torch.device) -> ValueFunction:
+    if config.value == "shared":
+        # Zero-initialised: V = 0 everywhere at the start (no guess about the reward's scale); the
+        # gradient still reaches the weights through the trunk's hidden states.
+        head = torch.nn.Linear(policy.config.hidden_size, 1)
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        return ValueFunction(None, head.to(device))
+    from ..models.load import LoraSettings
+    from ..models.reward_model import from_causal_lm
+
+    # InstructGPT initialises the value model from the reward model; without one, from the policy.
+    source = config.reward.removeprefix("rm:") if config.reward.startswith("rm:") else config.model
+    lora = (
+        LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+        if config.lora
+        else None
+    )
+    model, value_tokenizer = from_causal_lm(source, lora=lora, device=device, seed=config.seed)
+    if value_tokenizer.get_vocab() != tokenizer.get_vocab():  # it reads the policy's token ids
+        raise ConfigError(
+            "--value", 0, f"{source} uses a different tokenizer than the policy; use --value shared"
+        )
+    print(f"ppo: value model from {source}{' (LoRA)' if lora else ''}", file=sys.stderr)
+    return ValueFunction(model.eval(), None)
+
+
+def value_state(value_fn: ValueFunction) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu() for n, p in value_fn.named_parameters() if p.requires_grad}
+
+
+def train_ppo(
+    config: PPOConfig, reward_fn: Callable[[str, str], float] | None = None, show_progress: bool | None = None
+) -> Path:
+    """Run PPO as configured; returns the run folder. `reward_fn(prompt, response)` replaces --reward."""
+    validate(config)
+    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    warn_if_truncated_sampling(config.top_k, config.top_p)
+    device = common.pick_device(config.device)
+    precision = common.pick_precision(device, config.precision)
+    common.seed_everything(config.seed)
+    out = Path(config.out)
+    control = (
+        f"target_kl={config.target_kl} (init {config.kl_coef})"
+        if config.target_kl > 0
+        else f"kl_coef={config.kl_coef}"
+    )
+    print(f"ppo: reward={config.reward if reward_fn is None else 'python callable'} {control} estimator={config.kl_estimator} "
+          f"value={config.value} device={device} precision={precision}", file=sys.stderr)  # fmt: skip
+    autocast = lambda: common.autocast(device, precision)  # noqa: E731
+
+    # -- prompts, reward, models --------------------------------------------------------------
+    train_prompts, eval_prompts = load_prompt_splits(config)
+    print(f"ppo: {len(train_prompts)} training prompts, {len(eval_prompts)} held out", file=sys.stderr)
+    reward = reward_fn if reward_fn is not None else load_reward(config, device)
+    policy, tokenizer = load_model_for_training(config, device)
+    policy.eval()  # dropout off throughout: before the first update the PPO ratio must be exactly 1
+    # The KL anchor: the adapter-disabled base with LoRA (no second copy), else a frozen copy.
+    reference = None if config.lora else copy.deepcopy(policy).requires_grad_(False)
+    value_fn = make_value_function(config, policy, tokenizer, device)
+    shared = config.value == "shared"
+    kl_control = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+                  if config.target_kl > 0 else FixedKLController(config.kl_coef))  # fmt: skip
+
+    def policy_and_values(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a_t|s_t) and V(s_t), both [B, T]."""
+        with autocast():
+            logits, hidden = response_logits_and_hidden(policy, batch, config.temperature, need_hidden=shared)
+            values = value_fn(batch, hidden)
+        return response_logprobs(logits, batch), values.float()
+
+    @torch.no_grad()
+    def in_chunks(fn, batch: RolloutBatch) -> list[torch.Tensor]:
+        """`fn` over micro-batches of --batch-size rows, outputs concatenated along rows."""
+        parts = [
+            fn(batch.rows(slice(i, i + config.batch_size)))
+            for i in range(0, len(batch.input_ids), config.batch_size)
+        ]
+        return (
+            [torch.cat(column) for column in zip(*parts, strict=True)]
+            if isinstance(parts[0], tuple)
+            else [torch.cat(parts)]
+        )
+
+    def sample_from(model_is_reference: bool, prompts, seed: int):
+        settings = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
+                        top_p=config.top_p, seed=seed, max_prompt_length=config.max_prompt_length,
+                        batch_size=config.rollout_batch)  # fmt: skip
+        if not model_is_reference:
+            return sample(policy, tokenizer, prompts, **settings)
+        if reference is not None:
+            return sample(reference, tokenizer, prompts, **settings)
+        with policy.disable_adapter():
+            return sample(policy, tokenizer, prompts, **settings)
+
+    # -- evaluation on held-out prompts: policy and reference side by side -------------------
+    reference_eval: dict = {}
+
+    @torch.no_grad()
+    def evaluate(step: int) -> dict[str, float]:
+        seed = config.seed + _EVAL_SEED_OFFSET  # the same draws at every eval: curves compare like with like
+        if not reference_eval:  # the reference never changes: sample and score it once
+            ref = sample_from(True, eval_prompts, seed)
+            reference_eval.update(texts=ref.texts, scores=score_responses(reward, eval_prompts, ref.texts))
+        pol = sample_from(False, eval_prompts, seed)
+        scores = score_responses(reward, eval_prompts, pol.texts)
+        batch = pol.batch.to(device)
+        policy_lp = in_chunks(lambda b: model_logprobs(policy, b, config.temperature, autocast), batch)[0]
+        ref_lp = in_chunks(
+            lambda b: reference_logprobs(policy, reference, b, config.temperature, autocast), batch
+        )[0]
+        kl = torch.where(batch.response_mask, kl_k1(policy_lp, ref_lp), 0.0).sum(-1)
+        log.log_samples(step, [
+            {"prompt": prompt_text_of(p), "policy": text, "reference": ref_text, "policy_score": s, "reference_score": rs}
+            for p, text, ref_text, s, rs in zip(eval_prompts, pol.texts, reference_eval["texts"], scores, reference_eval["scores"], strict=True)
+        ])  # fmt: skip
+        return {
+            "eval/scores": sum(scores) / len(scores),
+            "eval/ref_scores": sum(reference_eval["scores"]) / len(scores),
+            "eval/kl": float(kl.mean()),
+            "eval/mean_length": float(batch.response_mask.sum(-1).float().mean()),
+        }
+
+    # -- optimizer, schedule, resume (schedule and checkpoints count iterations) -----------------
+    trainable = torch.nn.ModuleDict({"policy": policy, "value": value_fn})
+    optimizer = common.make_optimizer(trainable, config.lr, config.weight_decay)
+    scheduler = common.make_scheduler(
+        optimizer, config.scheduler, common.warmup_steps_of(config, config.iterations), config.iterations
+    )
+    order = common.DataOrder(len(train_prompts), config.seed)
+    log = RunLog(out, config, config.report_to)
+    start_step = 0
+    if config.resume:
+        start_step, extra = common.resume_latest(out, policy, optimizer, scheduler, order, log)
+        kl_control.value = extra["kl_coef"]
+        params = dict(value_fn.named_parameters())
+        with torch.no_grad():
+            for name, tensor in extra["value_state"].items():
+                params[name].copy_(tensor.to(params[name].device))
+
+    def checkpoint(step: int) -> None:
+        extra = {"kl_coef": kl_control.value, "value_state": value_state(value_fn)}
+        common.save_checkpoint(
+            out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, extra
+        )
+
+    if eval_prompts and start_step == 0:
+        log.log(0, evaluate(0))
+
+    # -- the loop ------------------------------------------------------------------------------
+    progress = common.TrainProgress(config.iterations, start_step, enabled=show_progress, label="ppo")
+    stop = common.StopRequest()
+    step = start_step
+    metrics: dict[str, float] = {}
+    with stop.installed():
+        try:
+            while step < config.iterations:
+                iteration = step + 1
+                # 1. rollout
+                prompts = [train_prompts[i] for i in order.take(config.rollout_batch)]
+                rollout = sample_from(False, prompts, config.seed * _ITERATION_STRIDE + iteration)
+                batch, mask = rollout.batch.to(device), rollout.batch.response_mask.to(device)
+                # 2. score
+                raw_scores = torch.tensor(
+                    score_responses(reward, prompts, rollout.texts), dtype=torch.float32
+                )
+                scores = shape_scores(raw_scores, rollout.ended, config.missing_eos_penalty, config.score_clip,
+                                      config.normalize_scores).to(device)  # fmt: skip
+                with torch.no_grad():
+                    old_logprobs, old_values = in_chunks(policy_and_values, batch)
+                    ref_logprobs = in_chunks(
+                        lambda b: reference_logprobs(policy, reference, b, config.temperature, autocast),
+                        batch,
+                    )[0]
+                    # 3. per-token KL-penalised rewards, 4. GAE and whitened advantages
+                    kl_coef = kl_control.value
+                    rewards, objective = kl_penalized_rewards(
+                        scores, old_logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator
+                    )
+                    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+                    advantages = masked_whiten(advantages, mask)
+                # 5. PPO epochs over shuffled minibatches
+                update_started = time.perf_counter()
+                update = ppo_update(config, optimizer, trainable, policy_and_values, batch, mask, old_logprobs,
+                                    old_values, advantages, returns, iteration, out)  # fmt: skip
+                kl_control.update(float(objective["objective/kl"]), config.rollout_batch)
+                lengths = mask.sum(-1).float()
+                metrics = {k: float(v) for k, v in objective.items()} | update | {
+                    # The raw score (before penalty, clip and whitening) is what users read as "score".
+                    "objective/scores": float(raw_scores.mean()),
+                    "objective/entropy": float(torch.where(mask, -old_logprobs, 0.0).sum(-1).mean()),
+                    "kl_coef": kl_coef,
+                    "completions/mean_length": float(lengths.mean()),
+                    "completions/eos_fraction": float(rollout.ended.float().mean()),
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "time/rollout": rollout.seconds,
+                    "time/update": time.perf_counter() - update_started,
+                }  # fmt: skip
+                if config.normalize_scores or config.score_clip > 0 or config.missing_eos_penalty:
+                    metrics["objective/shaped_scores"] = float(objective["objective/scores"])
+                scheduler.step()
+                step = iteration
+                if (
+                    config.eval_every
+                    and eval_prompts
+                    and step % config.eval_every == 0
+                    and step < config.iterations
+                ):
+                    metrics |= evaluate(step)
+                if step % config.log_every == 0 or step == config.iterations or "eval/scores" in metrics:
+                    log.log(step, metrics)
+                progress.update(step, {"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
+                if (config.save_every and step % config.save_every == 0) or stop.requested:
+                    checkpoint(step)
+                if stop.requested:
+                    print(
+                        f"\nppo: {stop.requested} received; checkpoint saved at iteration {step}; resume with --resume",
+                        file=sys.stderr,
+                    )
+                    raise SystemExit(143 if stop.requested == "SIGTERM" else 130)
+        finally:
+            progress.close()
+
+    final_metrics = evaluate(step) if eval_prompts else {}
+    if final_metrics:
+        log.log(step, final_metrics)
+    checkpoint(step)
+    finish_run(config, policy, tokenizer, out, final_metrics | {"train/" + k: v for k, v in metrics.items()})
+    log.close()
+    return out
+
+
+def ppo_update(config, optimizer, trainable, policy_and_values, batch, mask, old_logprobs, old_values,
+               advantages, returns, iteration: int, out: Path) -> dict[str, float]:  # fmt: skip
+    """--ppo-epochs passes over the rollout in shuffled minibatches; metrics averaged over updates.
+
+    Stops early (all remaining epochs) once a minibatch's approx-KL to the rollout policy passes
+    --max-approx-kl: the clipped objective is a trust region only while the policy stays close.
+    """
+    generator = torch.Generator().manual_seed(config.seed * _ITERATION_STRIDE + iteration)
+    rows, minibatch = len(batch.input_ids), config.batch_size * config.grad_accum
+    totals: dict[str, float] = {}
+    updates = 0
+    for _ in range(config.ppo_epochs):
+        permutation = torch.randperm(rows, generator=generator).to(mask.device)
+        for start in range(0, rows, minibatch):
+            step_metrics: dict[str, float] = {}
+            for micro in range(start, start + minibatch, config.batch_size):
+                index = permutation[micro : micro + config.batch_size]
+                new_logprobs, new_values = policy_and_values(batch.rows(index))
+                policy_loss, policy_metrics = clipped_policy_loss(
+                    new_logprobs, old_logprobs[index], advantages[index], mask[index], config.clip_range
+                )
+                value_loss, value_metrics = clipped_value_loss(
+                    new_values, old_values[index], returns[index], mask[index], config.clip_range_value)  # fmt: skip
+                loss = policy_loss + config.vf_coef * value_loss
+                common.check_finite(loss, iteration, out)
+                (loss / config.grad_accum).backward()
+                for name, value in (policy_metrics | value_metrics).items():
+                    step_metrics[name] = step_metrics.get(name, 0.0) + float(value) / config.grad_accum
+            step_metrics["grad_norm"] = common.grad_norm_and_clip(trainable, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            updates += 1
+            for name, value in step_metrics.items():
+                totals[name] = totals.get(name, 0.0) + value
+            if config.max_approx_kl > 0 and step_metrics["policy/approxkl_avg"] > config.max_approx_kl:
+                return {k: v / updates for k, v in totals.items()} | {
+                    "policy/updates": updates,
+                    "policy/early_stopped": 1,
+                }
+    return {k: v / updates for k, v in totals.items()} | {
+        "policy/updates": updates,
+        "policy/early_stopped": 0,
+    }
