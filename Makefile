@@ -33,9 +33,7 @@ test-slow: setup system-deps
 	$(PY) -m pytest -m slow
 
 demo: setup
-	$(VENV)/bin/preftune generate --model smollm2-135m --prompts examples/prompts.txt -n 2 \
-	  --max-new-tokens 64 -o runs/demo/generations.jsonl
-	@head -c 2000 runs/demo/generations.jsonl; echo
+	$(VENV)/bin/preftune demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
