@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--max-prompt-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-dpo-smollm2-lora"))
@@ -44,7 +45,7 @@ def main() -> None:
     config = resolve_config(DPOConfig, None, dict(
         model="smollm2-135m", data=str(out.parent / "bench-dpo-train.jsonl"),
         eval_data=str(out.parent / "bench-dpo-eval.jsonl"), out=str(out), lora=True, epochs=1,
-        batch_size=args.batch_size, lr=args.lr, beta=0.1, max_length=args.max_length,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, beta=0.1, max_length=args.max_length,
         max_prompt_length=args.max_prompt_length, warmup_ratio=0.1,
     ))  # fmt: skip
     start = time.perf_counter()
@@ -56,7 +57,7 @@ def main() -> None:
     tokens = train_rows[-1]["num_tokens"]
     table = [
         ("pairs (train / eval)", f"{args.train} / {args.eval}"),
-        ("max_length / batch", f"{args.max_length} / {args.batch_size}"),
+        ("max_length / batch x accumulation", f"{args.max_length} / {args.batch_size} x {args.grad_accum}"),
         ("wall time (incl. load, eval)", f"{wall:.0f} s"),
         ("train pairs/s (wall)", f"{args.train / wall:.3f}"),
         ("train tokens", f"{tokens}"),

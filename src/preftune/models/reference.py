@@ -51,23 +51,35 @@ def compute_pair_logprobs(
     device: torch.device,
     forward_context: Callable = torch.no_grad,
     on_batch: Callable[[int], None] | None = None,
+    *,
+    layout: str = "padded",
+    pack_length: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected log-prob sums [N] for every pair, in order, in eval mode."""
+    """Chosen and rejected log-prob sums [N] for every pair, in order, in eval mode.
+
+    `layout`/`pack_length` as in `data.batching.collate_pairs`. With `fast`, pairs go through in
+    order of length (rows then pack with little padding) and come back in the input order.
+    """
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
+    order = list(range(len(pairs)))
+    if layout == "fast":
+        order.sort(key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids))
+    chosen = torch.empty(len(pairs), dtype=torch.float32)
+    rejected = torch.empty(len(pairs), dtype=torch.float32)
     try:
         for start in range(0, len(pairs), batch_size):
-            batch = collate_pairs(list(pairs[start : start + batch_size]), pad_id).to(device)
+            indices = order[start : start + batch_size]
+            batch = collate_pairs([pairs[i] for i in indices], pad_id, layout, pack_length).to(device)
             with forward_context():
                 out = pair_logprobs(model, batch)
-            chosen.append(out["chosen_logps"].float().cpu())
-            rejected.append(out["rejected_logps"].float().cpu())
+            chosen[indices] = out["chosen_logps"].float().cpu()
+            rejected[indices] = out["rejected_logps"].float().cpu()
             if on_batch:
-                on_batch(len(batch.sequences.input_ids) // 2)
+                on_batch(batch.num_pairs)
     finally:
         model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
+    return chosen, rejected
 
 
 class PrecomputedReference:

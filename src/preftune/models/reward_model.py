@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
-from ..data.batching import SequenceBatch, collate_sequences
+from ..data.batching import PackedSequences, SequenceBatch, collate_sequences
 from ..data.schema import Message, user_prompt
 from ..data.tokenize import PairTokenizer
 from .load import LoraSettings, ModelLoadError, load_policy, load_tokenizer, save_model
+from .logprobs import attention_mask_for
 
 SCALAR_FORMAT = "preftune-scalar-head"
 SCALAR_VERSION = 1
@@ -269,8 +270,16 @@ def last_token_values(values: torch.Tensor, mask_or_lengths: torch.Tensor) -> to
     return values.gather(1, last).squeeze(1)
 
 
-def reward_of_sequences(model: ScalarHeadModel, batch: SequenceBatch) -> torch.Tensor:
-    """One reward per right-padded row of `batch`: the head's value at the last real token."""
+def reward_of_sequences(model: ScalarHeadModel, batch: SequenceBatch | PackedSequences) -> torch.Tensor:
+    """One reward per sequence of `batch`: the head's value at its last real token.
+
+    Right-padded rows, or prefix-shared packed rows (`--batching fast`), where each sequence's
+    last token is found by `batch.last_index` and the trunk takes the 4-D mask and position ids.
+    """
+    if isinstance(batch, PackedSequences):
+        mask = attention_mask_for(model.backbone, batch.attention_mask)
+        values = model(batch.input_ids, mask, position_ids=batch.position_ids)
+        return values.reshape(-1)[batch.last_index]
     values = model(batch.input_ids, batch.attention_mask)
     return last_token_values(values, batch.attention_mask)
 

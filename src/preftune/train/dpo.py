@@ -55,7 +55,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     precision = common.pick_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"dpo: loss={config.loss} beta={config.beta} ref={ref_mode or 'none'} device={device} precision={precision}", file=sys.stderr)
+    print(f"dpo: loss={config.loss} beta={config.beta} ref={ref_mode or 'none'} device={device} precision={precision} batching={config.batching}", file=sys.stderr)
 
     # -- model, data, tokens -----------------------------------------------------------------
     policy, tokenizer = load_model_for_training(config, device)
@@ -76,14 +76,15 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
             return LiveReference(policy, use_disabled_adapter=True, autocast_context=autocast)
         # precompute: the reference is the policy as loaded (its adapter, if any, disabled).
         settings = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
-                    "precision": precision, "split": split}  # fmt: skip
+                    "precision": precision, "split": split, "batching": config.batching}  # fmt: skip
         fingerprint = weights_fingerprint(policy.get_base_model() if config.lora else policy)
         key = reference_cache_key(fingerprint, tokens, settings)
 
         def compute():
             context = policy.disable_adapter if config.lora else torch.no_grad
             with context():
-                return compute_pair_logprobs(policy, tokens, pad_id, config.batch_size, device, autocast)
+                return compute_pair_logprobs(policy, tokens, pad_id, config.batch_size, device, autocast,
+                                             layout=config.batching, pack_length=config.pack_length)  # fmt: skip
 
         reference, cached = load_or_precompute(common.reference_cache_dir(), key, compute)
         print(f"dpo: reference log-probs for {len(tokens)} {split} pairs {'from cache' if cached else 'precomputed'} ({key})", file=sys.stderr)
@@ -96,7 +97,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     loss_options = {name: getattr(config, name) for name in DPO_LOSS_OPTIONS[config.loss]}
 
     def forward(tokens, indices, reference):
-        batch = collate_pairs([tokens[i] for i in indices], pad_id).to(device)
+        batch = collate_pairs([tokens[i] for i in indices], pad_id, config.batching, config.pack_length).to(device)
         with autocast():
             policy_out = pair_logprobs(policy, batch)
         ref_chosen, ref_rejected = reference(batch, indices) if reference else (None, None)

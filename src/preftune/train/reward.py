@@ -61,7 +61,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
     common.seed_everything(config.seed)
     out = Path(config.out)
     print(f"rm: {'lora' if config.lora else 'full'} device={device} precision={precision} "
-          f"margin={'data' if config.use_margin else 'off'} center_coef={config.center_coef}", file=sys.stderr)  # fmt: skip
+          f"margin={'data' if config.use_margin else 'off'} center_coef={config.center_coef} batching={config.batching}", file=sys.stderr)  # fmt: skip
 
     # -- model, data, tokens -----------------------------------------------------------------
     lora = (
@@ -86,7 +86,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
     autocast = lambda: common.autocast(device, precision)  # noqa: E731
 
     def rewards_of(tokens: list[TokenizedPair], indices: list[int]):
-        batch = collate_pairs([tokens[i] for i in indices], pad_id).to(device)
+        batch = collate_pairs([tokens[i] for i in indices], pad_id, config.batching, config.pack_length).to(device)
         with autocast():
             chosen, rejected = pair_rewards(model, batch)
         # Pairs without a margin get 0 (collate_pairs fills them) so one batch can mix both.

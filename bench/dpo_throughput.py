@@ -1,0 +1,365 @@
+"""DPO throughput: preftune (`--batching fast`) against TRL 1.16 `DPOTrainer`, in one run.
+
+    .venv/bin/python bench/dpo_throughput.py --pairs 16            # both data sets, one round
+    .venv/bin/python bench/dpo_throughput.py --pairs 16 --rounds 2 --trl-defaults-pairs 8
+
+Same model (SmolLM2-135M-Instruct, fp32, CPU, full fine-tuning), same pairs in the same order,
+batch 8 pairs, max length 512. Each run is its own subprocess (TRL peaks near 21 GB here), the
+runs alternate (ours, TRL, then TRL, ours in the next round), and each process warms up with one
+forward/backward before its timed pass. Timed: one pass over the pairs, i.e.
+- ours: from the start of the reference precompute (it counts) to the end of the last optimizer
+  step (model loading, tokenization and the final save are outside, as for TRL);
+- TRL: `trainer.train()` (its reference model runs live each step, TRL's default).
+
+Figures per run: pairs/s; tokens/s (each side's own count of the tokens of chosen and rejected
+sequences, prompt counted in both, as both trainers' `num_tokens` count them); MFU = 8 N tokens /
+s / peak (6N per token for the policy's forward and backward, 2N for the reference forward, N =
+parameters incl. the tied LM head; attention FLOPs left out), against an fp32 matmul peak measured
+in this run; peak RSS of the subprocess (`os.wait4`); the step-1 loss (log 2 for both: policy ==
+reference) and step-1 chosen log-probs (TRL's completions keep the chat template's "\\n" after
+<|im_end|>, which ours drop, so these differ by that token).
+
+A full pass over dpo_en_demo.json (300 pairs) at TRL's ~0.05 pairs/s is 100 minutes, so `--pairs`
+takes a fixed subset (the first N pairs of each set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PREFTUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
+LEARNING_RATE, BETA, SEED = 5e-7, 0.1, 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+_WORDS = (
+    "the a plant water light garden house river city friend teacher child story music idea road market "
+    "morning night winter summer bread coffee letter window door paper book question answer problem reason "
+    "simple careful quick slow bright quiet happy tired strong gentle early late often never always maybe "
+    "make take give find keep help start build learn explain remember choose carry follow notice prepare "
+    "because while after before although unless since until when where how why which that this those"
+).split()
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(_WORDS) for _ in range(rng.randint(8, 16))]
+    return " ".join(words).capitalize() + rng.choice([".", ".", "?", "!"])
+
+
+def _text(rng: random.Random, sentences: int) -> str:
+    return " ".join(_sentence(rng) for _ in range(sentences))
+
+
+def hh_style_pairs(count: int, seed: int = 0):
+    """Anthropic-HH-like conversations: two human turns around an assistant turn, then two answers;
+    the prompt is about twice as long as each response (about 230 vs 115 tokens with SmolLM2)."""
+    from preftune.data.schema import Message, PreferencePair
+
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(count):
+        prompt = [
+            Message("user", _text(rng, 6)),
+            Message("assistant", _text(rng, 4)),
+            Message("user", _text(rng, 6)),
+        ]
+        pairs.append(PreferencePair(prompt, Message("assistant", _text(rng, 8)), Message("assistant", _text(rng, 8)), id=f"hh-{i}"))
+    return pairs
+
+
+def write_datasets(folder: Path, names: list[str], count: int) -> dict[str, Path]:
+    from preftune.data.formats import read_pairs
+    from preftune.data.schema import write_jsonl
+
+    files = {}
+    for name in names:
+        if name == "demo":
+            pairs, _ = read_pairs(SHARED_DATA / "dpo_en_demo.json")
+        elif name == "hh":
+            pairs = hh_style_pairs(count)
+        else:
+            raise SystemExit(f"unknown data set {name!r}: demo or hh")
+        if len(pairs) < count:
+            raise SystemExit(f"{name}: only {len(pairs)} pairs, asked for {count}")
+        files[name] = folder / f"{name}.jsonl"
+        write_jsonl(pairs[:count], files[name])
+    return files
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _warm_up(model) -> None:
+    """One forward/backward on a short input: thread pools, allocator and lazy init, untimed."""
+    import torch
+
+    ids = torch.randint(3, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def worker_ours(args) -> dict:
+    import torch
+
+    import preftune.train.dpo as dpo_module
+    from preftune.config import DPOConfig, resolve_config
+    from preftune.models.load import load_policy
+    from preftune.runlog import read_metrics
+    from preftune.train import common
+
+    warm, _ = load_policy("smollm2-135m")
+    _warm_up(warm)
+    del warm
+    work = Path(tempfile.mkdtemp(prefix="bench-dpo-ours-"))
+    common.reference_cache_dir = lambda: work / "refcache"  # never reuse a cache: the precompute is timed
+    marks: dict[str, float] = {}
+    precompute, save = dpo_module.compute_pair_logprobs, common.save_checkpoint
+
+    def timed_precompute(*a, **k):
+        marks.setdefault("start", time.perf_counter())
+        return precompute(*a, **k)
+
+    def timed_save(*a, **k):
+        marks.setdefault("end", time.perf_counter())
+        return save(*a, **k)
+
+    dpo_module.compute_pair_logprobs, common.save_checkpoint = timed_precompute, timed_save
+    config = resolve_config(DPOConfig, None, dict(
+        model="smollm2-135m", data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
+        lr=LEARNING_RATE, beta=BETA, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+        seed=SEED, keep_last=1, batching=args.batching, pack_length=args.pack_length,
+    ))  # fmt: skip
+    dpo_module.train_dpo(config, show_progress=False)
+    rows = [r for r in read_metrics(work / "run") if "loss" in r]
+    return {
+        "seconds": marks["end"] - marks["start"],
+        "pairs": len(rows) * args.batch_size,
+        "tokens": int(rows[-1]["num_tokens"]),
+        "step1_loss": rows[0]["loss"],
+        "step1_logps_chosen": rows[0]["logps/chosen"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def worker_trl(args, defaults: bool) -> dict:
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from preftune.data.formats import read_pairs
+    from preftune.models.smollm2 import ensure_smollm2
+    from preftune.train.common import DataOrder
+
+    folder = ensure_smollm2()  # the same fp32 safetensors folder `load_policy("smollm2-135m")` reads
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    _warm_up(model)
+    pairs, _ = read_pairs(args.data)
+    # Our loop's epoch-0 order, read sequentially by TRL: step k sees the same pairs in both.
+    order = DataOrder(len(pairs), SEED)._epoch_order(0)
+    rows = [
+        {"prompt": [m.to_dict() for m in pairs[i].prompt], "chosen": [pairs[i].chosen.to_dict()],
+         "rejected": [pairs[i].rejected.to_dict()]}  # fmt: skip
+        for i in order
+    ]
+    work = tempfile.mkdtemp(prefix="bench-dpo-trl-")
+    speed = {} if defaults else {"bf16": False, "gradient_checkpointing": False}  # TRL's CPU-hostile defaults off
+    config = trl.DPOConfig(
+        output_dir=work, per_device_train_batch_size=args.batch_size, num_train_epochs=1, learning_rate=LEARNING_RATE,
+        beta=BETA, max_length=args.max_length, logging_steps=1, report_to="none", save_strategy="no", seed=SEED,
+        use_cpu=True, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
+        train_sampling_strategy="sequential", dataloader_num_workers=0, **speed,
+    )  # fmt: skip
+    trainer = trl.DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    logged = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+    return {
+        "seconds": seconds,
+        "pairs": len(trainer.train_dataset),  # after TRL drops pairs whose prompt alone fills max_length
+        "tokens": int(logged[-1]["num_tokens"]),
+        "step1_loss": logged[0]["loss"],
+        "step1_logps_chosen": logged[0]["logps/chosen"],
+        "threads": torch.get_num_threads(),
+        "bf16": config.bf16,
+        "gradient_checkpointing": config.gradient_checkpointing,
+    }
+
+
+def run_worker(kind: str, data: Path, args, limit: int | None = None) -> dict:
+    """One measurement in a fresh subprocess; its peak RSS from the kernel's accounting (wait4)."""
+    out = Path(tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".json")[1])
+    data_file = data
+    if limit is not None:  # a shorter pass (TRL's defaults are too slow for the full subset)
+        data_file = data.with_name(f"{data.stem}-{limit}.jsonl")
+        data_file.write_text("".join(data.read_text().splitlines(keepends=True)[:limit]))
+    command = [sys.executable, __file__, "--worker", kind, "--data", str(data_file), "--result", str(out),
+               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+               "--max-prompt-length", str(args.max_prompt_length), "--threads", str(args.threads),
+               "--batching", args.batching, "--pack-length", str(args.pack_length)]  # fmt: skip
+    log = out.with_suffix(".log")
+    with log.open("w") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise SystemExit(f"{kind} worker failed (status {status}); log {log}:\n{tail}")
+    result = json.loads(out.read_text())
+    result["peak_rss_gb"] = usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+    return result
+
+
+def worker_main(args) -> None:
+    _set_threads(args.threads)
+    if args.worker == "ours":
+        result = worker_ours(args)
+    else:
+        result = worker_trl(args, defaults=args.worker == "trl-defaults")
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 8) -> float:
+    """Best-of fp32 matmul rate on this machine now (the MFU denominator)."""
+    import torch
+
+    _set_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def smollm2_parameters() -> int:
+    import json as _json
+
+    from preftune.models.smollm2 import ensure_smollm2
+
+    c = _json.loads((ensure_smollm2() / "config.json").read_text())
+    h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    kv = c["num_key_value_heads"] * c["head_dim"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h  # q, o; k, v; MLP; two norms
+    return layers * per_layer + h + v * h  # + final norm + (tied) LM head
+
+
+def summarise(kind: str, runs: list[dict], peak: float, parameters: int) -> dict:
+    seconds = min(r["seconds"] for r in runs)  # best of the rounds: the least disturbed by neighbours
+    best = next(r for r in runs if r["seconds"] == seconds)
+    return {
+        "kind": kind,
+        "seconds": seconds,
+        "all_seconds": [round(r["seconds"], 1) for r in runs],
+        "pairs_per_s": best["pairs"] / seconds,
+        "tokens_per_s": best["tokens"] / seconds,
+        "mfu": 8 * parameters * best["tokens"] / seconds / (peak * 1e9),
+        "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+        "step1_loss": best["step1_loss"],
+        "step1_logps_chosen": best["step1_logps_chosen"],
+        "pairs": best["pairs"],
+        "tokens": best["tokens"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=16, help="pairs per data set (a fixed subset: the first N)")
+    parser.add_argument("--datasets", default="demo,hh")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best time of each side counts")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-prompt-length", type=int, default=384, help="ours only (TRL cuts prompt+response at --max-length)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in every process (0: torch's default)")
+    parser.add_argument("--batching", default="fast", help="our layout: fast or padded")
+    parser.add_argument("--pack-length", type=int, default=0)
+    parser.add_argument("--trl-defaults-pairs", type=int, default=0, help="also time TRL's defaults (bf16, checkpointing) on this many pairs")
+    parser.add_argument("--only", choices=["ours", "trl"], help="run one side only (quick checks)")
+    parser.add_argument("--json", help="write the summary here too")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker_main(args)
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-dpo-data-"))
+    files = write_datasets(folder, args.datasets.split(","), args.pairs)
+    parameters = smollm2_parameters()
+    peaks = [matmul_peak_gflops(args.threads)]
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for round_index in range(args.rounds):
+        for name, data in files.items():
+            kinds = [args.only] if args.only else ["ours", "trl"]
+            for kind in kinds if round_index % 2 == 0 else kinds[::-1]:
+                print(f"round {round_index + 1}: {name} {kind} ...", file=sys.stderr, flush=True)
+                result = run_worker(kind, data, args)
+                print(f"  {result['seconds']:.1f} s, {result['pairs']} pairs, peak RSS {result['peak_rss_gb']:.2f} GB",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                runs.setdefault((name, kind), []).append(result)
+    if args.trl_defaults_pairs:
+        for name, data in files.items():
+            print(f"{name} trl-defaults ({args.trl_defaults_pairs} pairs) ...", file=sys.stderr, flush=True)
+            runs[(name, "trl-defaults")] = [run_worker("trl-defaults", data, args, limit=args.trl_defaults_pairs)]
+    peaks.append(matmul_peak_gflops(args.threads))
+    peak = max(peaks)
+
+    summary = {"matmul_peak_gflops": peak, "parameters": parameters, "pairs": args.pairs, "rows": []}
+    print(f"\nSmolLM2-135M fp32 CPU, batch {args.batch_size}, max length {args.max_length}, {args.pairs} pairs per set, "
+          f"fp32 matmul peak {peak:.0f} GFLOP/s (measured now: {', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
+    header = f"{'data':6} {'trainer':13} {'s/pass':>8} {'pairs/s':>8} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9} {'step-1 loss':>12} {'step-1 logp_c':>14}"
+    print(header)
+    print("-" * len(header))
+    for name in files:
+        rows = {}
+        for kind in ("ours", "trl", "trl-defaults"):
+            if (name, kind) not in runs:
+                continue
+            row = summarise(kind, runs[(name, kind)], peak, parameters) | {"data": name}
+            rows[kind] = row
+            summary["rows"].append(row)
+            label = {"ours": f"preftune {args.batching}", "trl": "TRL best", "trl-defaults": "TRL defaults"}[kind]
+            print(f"{name:6} {label:13} {row['seconds']:8.1f} {row['pairs_per_s']:8.3f} {row['tokens_per_s']:9.1f} "
+                  f"{100 * row['mfu']:5.1f}% {row['peak_rss_gb']:7.2f}GB {row['step1_loss']:12.6f} {row['step1_logps_chosen']:14.3f}")  # fmt: skip
+        if "ours" in rows and "trl" in rows:
+            ours, trl = rows["ours"], rows["trl"]
+            ratio = {
+                "data": name,
+                "speedup_pairs": ours["pairs_per_s"] / trl["pairs_per_s"],
+                "memory_ratio": ours["peak_rss_gb"] / trl["peak_rss_gb"],
+                "step1_loss_diff": abs(ours["step1_loss"] - trl["step1_loss"]),
+            }
+            summary.setdefault("ratios", []).append(ratio)
+            print(f"{name:6} ours/TRL: {ratio['speedup_pairs']:.1f}x pairs/s, {ratio['memory_ratio']:.2f}x peak RSS, "
+                  f"|step-1 loss difference| {ratio['step1_loss_diff']:.1e}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Reward-model throughput: preftune `rm` (`--batching fast`) against TRL 1.16 `RewardTrainer`, in one run.
+
+    .venv/bin/python bench/rm_throughput.py --pairs 16
+
+Same model (SmolLM2-135M-Instruct trunk + a scalar head, fp32, CPU, full fine-tuning), same pairs in
+the same order, batch 8 pairs, max length 512, each run in its own subprocess, alternating, each
+warmed up with one forward/backward before its timed pass (see `dpo_throughput.py`). Timed: one
+pass over the pairs (ours: first batch to the end of the last optimizer step; TRL:
+`trainer.train()`).
+
+TRL's RewardTrainer drops pairs longer than max_length instead of cutting them, so both sides get
+only pairs that fit (the first N whose chosen and rejected sequences are at most 500 tokens).
+For a like-for-like step 1, TRL's score layer starts from our head's weights (our bias starts at
+0; TRL's layer has none), and TRL gets a pad token distinct from EOS: with SmolLM2's pad == EOS,
+transformers' sequence classifier would read the reward one token early, before the closing EOS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dpo_throughput as common_bench  # noqa: E402  (shared data sets, warm-up, peak, wait4)
+
+LEARNING_RATE, SEED, FIT = 1e-5, 0, 500
+
+
+def write_fitting_datasets(folder: Path, names: list[str], count: int) -> dict[str, Path]:
+    """The first `count` pairs of each set whose sequences fit in FIT tokens untruncated."""
+    from preftune.data.formats import read_pairs
+    from preftune.data.schema import write_jsonl
+    from preftune.data.tokenize import PairTokenizer
+    from preftune.models.load import load_tokenizer
+
+    pair_tokenizer = PairTokenizer(load_tokenizer("smollm2-135m"), max_length=100_000, max_prompt_length=99_999)
+    files = {}
+    for name in names:
+        if name == "demo":
+            pairs, _ = read_pairs(common_bench.SHARED_DATA / "dpo_en_demo.json")
+        else:
+            pairs = common_bench.hh_style_pairs(4 * count)
+        kept = []
+        for pair in pairs:
+            tokens = pair_tokenizer(pair)
+            if len(tokens.prompt_ids) + max(len(tokens.chosen_ids), len(tokens.rejected_ids)) <= FIT:
+                kept.append(pair)
+            if len(kept) == count:
+                break
+        if len(kept) < count:
+            raise SystemExit(f"{name}: only {len(kept)} pairs fit in {FIT} tokens, asked for {count}")
+        files[name] = folder / f"{name}.jsonl"
+        write_jsonl(kept, files[name])
+    return files
+
+
+def worker_ours(args) -> dict:
+    import torch
+
+    import preftune.train.reward as reward_module
+    from preftune.config import RMConfig, resolve_config
+    from preftune.models.load import load_policy
+    from preftune.runlog import read_metrics
+    from preftune.train import common
+
+    warm, _ = load_policy("smollm2-135m")
+    common_bench._warm_up(warm)
+    del warm
+    work = Path(tempfile.mkdtemp(prefix="bench-rm-ours-"))
+    marks: dict[str, float] = {}
+    collate, save = reward_module.collate_pairs, common.save_checkpoint
+
+    def timed_collate(*a, **k):
+        marks.setdefault("start", time.perf_counter())
+        return collate(*a, **k)
+
+    def timed_save(*a, **k):
+        marks.setdefault("end", time.perf_counter())
+        return save(*a, **k)
+
+    reward_module.collate_pairs, common.save_checkpoint = timed_collate, timed_save
+    config = resolve_config(RMConfig, None, dict(
+        model="smollm2-135m", data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
+        lr=LEARNING_RATE, max_length=args.max_length, max_prompt_length=args.max_length - 1, seed=SEED,
+        keep_last=1, batching=args.batching, pack_length=args.pack_length,
+    ))  # fmt: skip
+    reward_module.train_reward_model(config, show_progress=False)
+    rows = [r for r in read_metrics(work / "run") if "loss" in r]
+    return {
+        "seconds": marks["end"] - marks["start"],
+        "pairs": len(rows) * args.batch_size,
+        "tokens": int(rows[-1]["num_tokens"]),
+        "step1_loss": rows[0]["loss"],
+        "step1_logps_chosen": rows[0]["mean_reward"],  # the column is "step-1 mean reward" here
+        "threads": torch.get_num_threads(),
+    }
+
+
+def worker_trl(args, defaults: bool) -> dict:
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from preftune.data.formats import read_pairs
+    from preftune.models.reward_model import from_causal_lm
+    from preftune.models.smollm2 import ensure_smollm2
+    from preftune.train.common import DataOrder
+
+    folder = ensure_smollm2()
+    ours, _ = from_causal_lm("smollm2-135m", seed=SEED)  # only for its freshly initialised head
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
+    with torch.no_grad():
+        model.score.weight.copy_(ours.head.weight)
+    del ours
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = "<|endoftext|>"  # not EOS: see the module docstring
+    model.config.pad_token_id = tokenizer.pad_token_id
+    _warm_up_classifier(model)
+    pairs, _ = read_pairs(args.data)
+    order = DataOrder(len(pairs), SEED)._epoch_order(0)
+    rows = [
+        {"prompt": [m.to_dict() for m in pairs[i].prompt], "chosen": [pairs[i].chosen.to_dict()],
+         "rejected": [pairs[i].rejected.to_dict()]}  # fmt: skip
+        for i in order
+    ]
+    speed = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    config = trl.RewardConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-rm-trl-"), per_device_train_batch_size=args.batch_size,
+        num_train_epochs=1, learning_rate=LEARNING_RATE, max_length=args.max_length, logging_steps=1,
+        report_to="none", save_strategy="no", seed=SEED, use_cpu=True, lr_scheduler_type="linear", warmup_steps=0,
+        max_grad_norm=1.0, weight_decay=0.0, train_sampling_strategy="sequential", dataloader_num_workers=0, **speed,
+    )  # fmt: skip
+    trainer = trl.RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    logged = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+    return {
+        "seconds": seconds,
+        "pairs": len(trainer.train_dataset),
+        "tokens": int(logged[-1]["num_tokens"]),
+        "step1_loss": logged[0]["loss"],
+        "step1_logps_chosen": logged[0].get("mean_reward", float("nan")),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _warm_up_classifier(model) -> None:
+    import torch
+
+    ids = torch.randint(3, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    model.train()
+    model(input_ids=ids).logits.sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def run_worker(kind: str, data: Path, args) -> dict:
+    out = Path(tempfile.mkstemp(prefix=f"bench-rm-{kind}-", suffix=".json")[1])
+    command = [sys.executable, __file__, "--worker", kind, "--data", str(data), "--result", str(out),
+               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads),
+               "--batching", args.batching, "--pack-length", str(args.pack_length)]  # fmt: skip
+    log = out.with_suffix(".log")
+    with log.open("w") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise SystemExit(f"{kind} worker failed (status {status}); log {log}:\n{tail}")
+    result = json.loads(out.read_text())
+    result["peak_rss_gb"] = usage.ru_maxrss * 1024 / 1e9
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--datasets", default="demo,hh")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--batching", default="fast")
+    parser.add_argument("--pack-length", type=int, default=0)
+    parser.add_argument("--only", choices=["ours", "trl"])
+    parser.add_argument("--json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        common_bench._set_threads(args.threads)
+        result = worker_ours(args) if args.worker == "ours" else worker_trl(args, defaults=args.worker == "trl-defaults")
+        Path(args.result).write_text(json.dumps(result))
+        return
+
+    files = write_fitting_datasets(Path(tempfile.mkdtemp(prefix="bench-rm-data-")), args.datasets.split(","), args.pairs)
+    trunk_parameters = common_bench.smollm2_parameters() - 49152 * 576  # no LM head: the scalar head is ~free
+    peaks = [common_bench.matmul_peak_gflops(args.threads)]
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for round_index in range(args.rounds):
+        for name, data in files.items():
+            kinds = [args.only] if args.only else ["ours", "trl"]
+            for kind in kinds if round_index % 2 == 0 else kinds[::-1]:
+                print(f"round {round_index + 1}: {name} {kind} ...", file=sys.stderr, flush=True)
+                result = run_worker(kind, data, args)
+                print(f"  {result['seconds']:.1f} s, {result['pairs']} pairs, peak RSS {result['peak_rss_gb']:.2f} GB",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                runs.setdefault((name, kind), []).append(result)
+    peaks.append(common_bench.matmul_peak_gflops(args.threads))
+    peak = max(peaks)
+    print(f"\nreward model: SmolLM2-135M trunk fp32 CPU, batch {args.batch_size}, max length {args.max_length}, "
+          f"{args.pairs} pairs per set, fp32 matmul peak {peak:.0f} GFLOP/s (measured now: {', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
+    header = f"{'data':6} {'trainer':13} {'s/pass':>8} {'pairs/s':>8} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9} {'step-1 loss':>12} {'step-1 r_mean':>14}"
+    print(header)
+    print("-" * len(header))
+    summary = {"matmul_peak_gflops": peak, "rows": [], "ratios": []}
+    for name in files:
+        rows = {}
+        for kind in ("ours", "trl"):
+            if (name, kind) not in runs:
+                continue
+            # 6N per token: forward and backward of the trunk (no reference model in reward modelling).
+            row = common_bench.summarise(kind, runs[(name, kind)], peak, trunk_parameters) | {"data": name}
+            row["mfu"] *= 6 / 8
+            rows[kind] = row
+            summary["rows"].append(row)
+            label = {"ours": f"preftune {args.batching}", "trl": "TRL best"}[kind]
+            print(f"{name:6} {label:13} {row['seconds']:8.1f} {row['pairs_per_s']:8.3f} {row['tokens_per_s']:9.1f} "
+                  f"{100 * row['mfu']:5.1f}% {row['peak_rss_gb']:7.2f}GB {row['step1_loss']:12.6f} {row['step1_logps_chosen']:14.4f}")  # fmt: skip
+        if len(rows) == 2:
+            ratio = {"data": name, "speedup_pairs": rows["ours"]["pairs_per_s"] / rows["trl"]["pairs_per_s"],
+                     "memory_ratio": rows["ours"]["peak_rss_gb"] / rows["trl"]["peak_rss_gb"]}  # fmt: skip
+            summary["ratios"].append(ratio)
+            print(f"{name:6} ours/TRL: {ratio['speedup_pairs']:.1f}x pairs/s, {ratio['memory_ratio']:.2f}x peak RSS")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
