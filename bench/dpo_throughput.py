@@ -74,7 +74,11 @@ def hh_style_pairs(count: int, seed: int = 0):
             Message("assistant", _text(rng, 4)),
             Message("user", _text(rng, 6)),
         ]
-        pairs.append(PreferencePair(prompt, Message("assistant", _text(rng, 8)), Message("assistant", _text(rng, 8)), id=f"hh-{i}"))
+        pairs.append(
+            PreferencePair(
+                prompt, Message("assistant", _text(rng, 8)), Message("assistant", _text(rng, 8)), id=f"hh-{i}"
+            )
+        )
     return pairs
 
 
@@ -147,6 +151,7 @@ def worker_ours(args) -> dict:
         model="smollm2-135m", data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
         lr=LEARNING_RATE, beta=BETA, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         seed=SEED, keep_last=1, batching=args.batching, pack_length=args.pack_length,
+        activation_checkpointing=args.checkpointing,
     ))  # fmt: skip
     dpo_module.train_dpo(config, show_progress=False)
     rows = [r for r in read_metrics(work / "run") if "loss" in r]
@@ -178,19 +183,26 @@ def worker_trl(args, defaults: bool) -> dict:
     # Our loop's epoch-0 order, read sequentially by TRL: step k sees the same pairs in both.
     order = DataOrder(len(pairs), SEED)._epoch_order(0)
     rows = [
-        {"prompt": [m.to_dict() for m in pairs[i].prompt], "chosen": [pairs[i].chosen.to_dict()],
-         "rejected": [pairs[i].rejected.to_dict()]}  # fmt: skip
+        {
+            "prompt": [m.to_dict() for m in pairs[i].prompt],
+            "chosen": [pairs[i].chosen.to_dict()],
+            "rejected": [pairs[i].rejected.to_dict()],
+        }  # fmt: skip
         for i in order
     ]
     work = tempfile.mkdtemp(prefix="bench-dpo-trl-")
-    speed = {} if defaults else {"bf16": False, "gradient_checkpointing": False}  # TRL's CPU-hostile defaults off
+    speed = (
+        {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    )  # TRL's CPU-hostile defaults off
     config = trl.DPOConfig(
         output_dir=work, per_device_train_batch_size=args.batch_size, num_train_epochs=1, learning_rate=LEARNING_RATE,
         beta=BETA, max_length=args.max_length, logging_steps=1, report_to="none", save_strategy="no", seed=SEED,
         use_cpu=True, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
         train_sampling_strategy="sequential", dataloader_num_workers=0, **speed,
     )  # fmt: skip
-    trainer = trl.DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = trl.DPOTrainer(
+        model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -207,26 +219,43 @@ def worker_trl(args, defaults: bool) -> dict:
     }
 
 
-def run_worker(kind: str, data: Path, args, limit: int | None = None) -> dict:
-    """One measurement in a fresh subprocess; its peak RSS from the kernel's accounting (wait4)."""
-    out = Path(tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".json")[1])
+def run_worker(kind: str, data: Path, args, limit: int | None = None, script: str = __file__) -> dict:
+    """One measurement in a fresh subprocess; its peak RSS from the kernel's accounting (wait4).
+
+    `kind` is `trl`, `trl-defaults` or `ours:BATCHING:CHECKPOINTING` (e.g. `ours:fast:off`). A
+    worker that dies (the kernel's OOM killer, typically) comes back as {"failed": reason}.
+    """
+    out = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".json")[1])
     data_file = data
     if limit is not None:  # a shorter pass (TRL's defaults are too slow for the full subset)
         data_file = data.with_name(f"{data.stem}-{limit}.jsonl")
         data_file.write_text("".join(data.read_text().splitlines(keepends=True)[:limit]))
-    command = [sys.executable, __file__, "--worker", kind, "--data", str(data_file), "--result", str(out),
+    worker, batching, checkpointing = (
+        (kind.split(":") + ["fast", "off"])[:3] if kind.startswith("ours") else (kind, "fast", "off")
+    )
+    command = [sys.executable, script, "--worker", worker, "--data", str(data_file), "--result", str(out),
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--max-prompt-length", str(args.max_prompt_length), "--threads", str(args.threads),
-               "--batching", args.batching, "--pack-length", str(args.pack_length)]  # fmt: skip
+               "--threads", str(args.threads), "--batching", batching, "--checkpointing", checkpointing,
+               "--pack-length", str(args.pack_length)]  # fmt: skip
+    if hasattr(args, "max_prompt_length"):
+        command += ["--max-prompt-length", str(args.max_prompt_length)]
     log = out.with_suffix(".log")
     with log.open("w") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
+    peak_rss_gb = usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
     if status != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise SystemExit(f"{kind} worker failed (status {status}); log {log}:\n{tail}")
+        signal_number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        reason = "killed by SIGKILL (out of memory?)" if signal_number == 9 else f"exit status {status}"
+        tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
+        print(
+            f"  {kind} failed: {reason} at {peak_rss_gb:.1f} GB; log {log}:\n{tail}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {"failed": reason, "peak_rss_gb": peak_rss_gb}
     result = json.loads(out.read_text())
-    result["peak_rss_gb"] = usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+    result["peak_rss_gb"] = peak_rss_gb
     return result
 
 
@@ -269,17 +298,22 @@ def smollm2_parameters() -> int:
     return layers * per_layer + h + v * h  # + final norm + (tied) LM head
 
 
-def summarise(kind: str, runs: list[dict], peak: float, parameters: int) -> dict:
-    seconds = min(r["seconds"] for r in runs)  # best of the rounds: the least disturbed by neighbours
-    best = next(r for r in runs if r["seconds"] == seconds)
+def summarise(
+    kind: str, runs: list[dict], peak: float, parameters: int, flops_per_token_parameter: int = 8
+) -> dict:
+    done = [r for r in runs if "failed" not in r]
+    if not done:
+        return {"kind": kind, "failed": runs[0]["failed"], "peak_rss_gb": max(r["peak_rss_gb"] for r in runs)}
+    seconds = min(r["seconds"] for r in done)  # best of the rounds: the least disturbed by neighbours
+    best = next(r for r in done if r["seconds"] == seconds)
     return {
         "kind": kind,
         "seconds": seconds,
-        "all_seconds": [round(r["seconds"], 1) for r in runs],
+        "all_seconds": [round(r["seconds"], 1) for r in done],
         "pairs_per_s": best["pairs"] / seconds,
         "tokens_per_s": best["tokens"] / seconds,
-        "mfu": 8 * parameters * best["tokens"] / seconds / (peak * 1e9),
-        "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+        "mfu": flops_per_token_parameter * parameters * best["tokens"] / seconds / (peak * 1e9),
+        "peak_rss_gb": max(r["peak_rss_gb"] for r in done),
         "step1_loss": best["step1_loss"],
         "step1_logps_chosen": best["step1_logps_chosen"],
         "pairs": best["pairs"],
@@ -287,78 +321,138 @@ def summarise(kind: str, runs: list[dict], peak: float, parameters: int) -> dict
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=16, help="pairs per data set (a fixed subset: the first N)")
-    parser.add_argument("--datasets", default="demo,hh")
-    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best time of each side counts")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--max-prompt-length", type=int, default=384, help="ours only (TRL cuts prompt+response at --max-length)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in every process (0: torch's default)")
-    parser.add_argument("--batching", default="fast", help="our layout: fast or padded")
-    parser.add_argument("--pack-length", type=int, default=0)
-    parser.add_argument("--trl-defaults-pairs", type=int, default=0, help="also time TRL's defaults (bf16, checkpointing) on this many pairs")
-    parser.add_argument("--only", choices=["ours", "trl"], help="run one side only (quick checks)")
-    parser.add_argument("--json", help="write the summary here too")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return worker_main(args)
-
-    folder = Path(tempfile.mkdtemp(prefix="bench-dpo-data-"))
-    files = write_datasets(folder, args.datasets.split(","), args.pairs)
-    parameters = smollm2_parameters()
-    peaks = [matmul_peak_gflops(args.threads)]
+def measure(
+    files: dict[str, Path], kinds: list[str], args, script: str = __file__
+) -> dict[tuple[str, str], list[dict]]:
+    """Every kind on every data set, `args.rounds` times, the order reversed in every other round."""
     runs: dict[tuple[str, str], list[dict]] = {}
     for round_index in range(args.rounds):
         for name, data in files.items():
-            kinds = [args.only] if args.only else ["ours", "trl"]
             for kind in kinds if round_index % 2 == 0 else kinds[::-1]:
                 print(f"round {round_index + 1}: {name} {kind} ...", file=sys.stderr, flush=True)
-                result = run_worker(kind, data, args)
-                print(f"  {result['seconds']:.1f} s, {result['pairs']} pairs, peak RSS {result['peak_rss_gb']:.2f} GB",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                result = run_worker(kind, data, args, script=script)
+                if "failed" not in result:
+                    print(f"  {result['seconds']:.1f} s, {result['pairs']} pairs, peak RSS {result['peak_rss_gb']:.2f} GB",
+                          file=sys.stderr, flush=True)  # fmt: skip
                 runs.setdefault((name, kind), []).append(result)
-    if args.trl_defaults_pairs:
-        for name, data in files.items():
-            print(f"{name} trl-defaults ({args.trl_defaults_pairs} pairs) ...", file=sys.stderr, flush=True)
-            runs[(name, "trl-defaults")] = [run_worker("trl-defaults", data, args, limit=args.trl_defaults_pairs)]
-    peaks.append(matmul_peak_gflops(args.threads))
-    peak = max(peaks)
+    return runs
 
-    summary = {"matmul_peak_gflops": peak, "parameters": parameters, "pairs": args.pairs, "rows": []}
-    print(f"\nSmolLM2-135M fp32 CPU, batch {args.batch_size}, max length {args.max_length}, {args.pairs} pairs per set, "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s (measured now: {', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
-    header = f"{'data':6} {'trainer':13} {'s/pass':>8} {'pairs/s':>8} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9} {'step-1 loss':>12} {'step-1 logp_c':>14}"
+
+def report(
+    title: str, files, kinds: list[str], runs, peak: float, parameters: int, flops: int, value_label: str
+) -> dict:
+    """Print the table and the ours/TRL ratios; return them as a dict."""
+    summary: dict = {"matmul_peak_gflops": peak, "rows": [], "ratios": []}
+    print(title)
+    header = (f"{'data':6} {'trainer':22} {'s/pass':>8} {'pairs/s':>8} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9} "
+              f"{'step-1 loss':>12} {value_label:>14}")  # fmt: skip
     print(header)
     print("-" * len(header))
     for name in files:
         rows = {}
-        for kind in ("ours", "trl", "trl-defaults"):
+        for kind in kinds:
             if (name, kind) not in runs:
                 continue
-            row = summarise(kind, runs[(name, kind)], peak, parameters) | {"data": name}
+            row = summarise(kind, runs[(name, kind)], peak, parameters, flops) | {"data": name}
             rows[kind] = row
             summary["rows"].append(row)
-            label = {"ours": f"preftune {args.batching}", "trl": "TRL best", "trl-defaults": "TRL defaults"}[kind]
-            print(f"{name:6} {label:13} {row['seconds']:8.1f} {row['pairs_per_s']:8.3f} {row['tokens_per_s']:9.1f} "
-                  f"{100 * row['mfu']:5.1f}% {row['peak_rss_gb']:7.2f}GB {row['step1_loss']:12.6f} {row['step1_logps_chosen']:14.3f}")  # fmt: skip
-        if "ours" in rows and "trl" in rows:
-            ours, trl = rows["ours"], rows["trl"]
+            label = {"trl": "TRL best", "trl-defaults": "TRL defaults"}.get(
+                kind, "preftune " + kind.partition(":")[2].replace(":", " ckpt=")
+            )
+            if "failed" in row:
+                print(f"{name:6} {label:22} {row['failed']} (peak RSS {row['peak_rss_gb']:.2f} GB)")
+                continue
+            print(f"{name:6} {label:22} {row['seconds']:8.1f} {row['pairs_per_s']:8.3f} {row['tokens_per_s']:9.1f} "
+                  f"{100 * row['mfu']:5.1f}% {row['peak_rss_gb']:7.2f}GB {row['step1_loss']:12.6f} {row['step1_logps_chosen']:14.4f}")  # fmt: skip
+        trl = rows.get("trl")
+        for kind, ours in rows.items():
+            if not kind.startswith("ours") or trl is None or "failed" in ours or "failed" in trl:
+                continue
             ratio = {
                 "data": name,
+                "ours": kind,
                 "speedup_pairs": ours["pairs_per_s"] / trl["pairs_per_s"],
                 "memory_ratio": ours["peak_rss_gb"] / trl["peak_rss_gb"],
                 "step1_loss_diff": abs(ours["step1_loss"] - trl["step1_loss"]),
             }
-            summary.setdefault("ratios", []).append(ratio)
-            print(f"{name:6} ours/TRL: {ratio['speedup_pairs']:.1f}x pairs/s, {ratio['memory_ratio']:.2f}x peak RSS, "
+            summary["ratios"].append(ratio)
+            print(f"{name:6} {kind} / TRL best: {ratio['speedup_pairs']:.2f}x pairs/s, {ratio['memory_ratio']:.2f}x peak RSS, "
                   f"|step-1 loss difference| {ratio['step1_loss_diff']:.1e}")  # fmt: skip
+    return summary
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden flags `run_worker` passes to a benchmark's own script in its subprocess."""
+    for flag, default in (("--worker", None), ("--data", None), ("--result", None), ("--batching", "fast"),
+                          ("--checkpointing", "off")):  # fmt: skip
+        parser.add_argument(flag, default=default, help=argparse.SUPPRESS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--pairs", type=int, default=16, help="pairs per data set (a fixed subset: the first N)"
+    )
+    parser.add_argument("--datasets", default="demo,hh")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternating rounds; the best time of each side counts"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=384,
+        help="ours only (TRL cuts prompt+response at --max-length)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads in every process (0: torch's default)"
+    )
+    parser.add_argument(
+        "--ours",
+        default="fast:off,fast:full",
+        help="our variants, BATCHING:CHECKPOINTING each (batching fast|padded; checkpointing off|selective|full)",
+    )
+    parser.add_argument("--pack-length", type=int, default=0)
+    parser.add_argument(
+        "--trl-defaults-pairs",
+        type=int,
+        default=0,
+        help="also time TRL's defaults (bf16, checkpointing) on this many pairs",
+    )
+    parser.add_argument("--no-trl", action="store_true", help="ours only (quick checks)")
+    parser.add_argument("--json", help="write the summary here too")
+    add_worker_arguments(parser)
+    args = parser.parse_args()
+    if args.worker:
+        return worker_main(args)
+
+    files = write_datasets(
+        Path(tempfile.mkdtemp(prefix="bench-dpo-data-")), args.datasets.split(","), args.pairs
+    )
+    parameters = smollm2_parameters()
+    peaks = [matmul_peak_gflops(args.threads)]
+    kinds = [f"ours:{variant}" for variant in args.ours.split(",") if variant] + (
+        [] if args.no_trl else ["trl"]
+    )
+    runs = measure(files, kinds, args)
+    if args.trl_defaults_pairs:
+        for name, data in files.items():
+            print(f"{name} trl-defaults ({args.trl_defaults_pairs} pairs) ...", file=sys.stderr, flush=True)
+            runs[(name, "trl-defaults")] = [
+                run_worker("trl-defaults", data, args, limit=args.trl_defaults_pairs)
+            ]
+        kinds.append("trl-defaults")
+    peaks.append(matmul_peak_gflops(args.threads))
+    peak = max(peaks)
+    title = (f"\nDPO, SmolLM2-135M fp32 CPU, batch {args.batch_size}, max length {args.max_length}, {args.pairs} pairs per set, "
+             f"{args.rounds} round(s); fp32 matmul peak {peak:.0f} GFLOP/s (measured at start and end: "
+             f"{', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
+    summary = report(title, files, kinds, runs, peak, parameters, 8, "step-1 logp_c")
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(summary | {"parameters": parameters, "pairs": args.pairs}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Policy: SmolLM2-135M-Instruct, asked to continue a movie review from its first 2
 of held-out sentences of ../shared/data/movie_review_snippets.tsv), --n samples per prompt at
 temperature 1. Gold reward: VADER compound of the continuation (`judge:sentiment`). Proxy: a
 reward model (`preftune rm`: SmolLM2 trunk, LoRA on the top blocks, scalar head) trained on a
-limited number of pairs labelled by the gold reward, each label flipped with probability --noise.
+limited number of pairs labelled by the gold reward (pairs whose gold scores differ by less than
+--min-gap skipped), each label flipped with probability --noise.
 The pairs are continuations of *other* corpus sentences (sentences 0..7999, after a 2-8-word
 prefix), so the proxy is trained off-policy, as a reward model trained on earlier data is. The
 larger training set contains the smaller one.
@@ -277,7 +278,9 @@ def main() -> None:
         "--sizes", default="100,800", help="proxy training-set sizes (pairs), comma-separated"
     )
     parser.add_argument("--noise", type=float, default=0.2, help="probability of flipping each proxy label")
-    parser.add_argument("--min-gap", type=float, default=0.3, help="skip proxy pairs whose gold scores differ by less")
+    parser.add_argument(
+        "--min-gap", type=float, default=0.3, help="skip proxy pairs whose gold scores differ by less"
+    )
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lora-top-layers", type=int, default=4)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,9 @@ def write_fitting_datasets(folder: Path, names: list[str], count: int) -> dict[s
     from preftune.data.tokenize import PairTokenizer
     from preftune.models.load import load_tokenizer
 
-    pair_tokenizer = PairTokenizer(load_tokenizer("smollm2-135m"), max_length=100_000, max_prompt_length=99_999)
+    pair_tokenizer = PairTokenizer(
+        load_tokenizer("smollm2-135m"), max_length=100_000, max_prompt_length=99_999
+    )
     files = {}
     for name in names:
         if name == "demo":
@@ -88,7 +88,7 @@ def worker_ours(args) -> dict:
     config = resolve_config(RMConfig, None, dict(
         model="smollm2-135m", data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
         lr=LEARNING_RATE, max_length=args.max_length, max_prompt_length=args.max_length - 1, seed=SEED,
-        keep_last=1, batching=args.batching, pack_length=args.pack_length,
+        keep_last=1, batching=args.batching, pack_length=args.pack_length, activation_checkpointing=args.checkpointing,
     ))  # fmt: skip
     reward_module.train_reward_model(config, show_progress=False)
     rows = [r for r in read_metrics(work / "run") if "loss" in r]
@@ -126,8 +126,11 @@ def worker_trl(args, defaults: bool) -> dict:
     pairs, _ = read_pairs(args.data)
     order = DataOrder(len(pairs), SEED)._epoch_order(0)
     rows = [
-        {"prompt": [m.to_dict() for m in pairs[i].prompt], "chosen": [pairs[i].chosen.to_dict()],
-         "rejected": [pairs[i].rejected.to_dict()]}  # fmt: skip
+        {
+            "prompt": [m.to_dict() for m in pairs[i].prompt],
+            "chosen": [pairs[i].chosen.to_dict()],
+            "rejected": [pairs[i].rejected.to_dict()],
+        }  # fmt: skip
         for i in order
     ]
     speed = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
@@ -137,7 +140,9 @@ def worker_trl(args, defaults: bool) -> dict:
         report_to="none", save_strategy="no", seed=SEED, use_cpu=True, lr_scheduler_type="linear", warmup_steps=0,
         max_grad_norm=1.0, weight_decay=0.0, train_sampling_strategy="sequential", dataloader_num_workers=0, **speed,
     )  # fmt: skip
-    trainer = trl.RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = trl.RewardTrainer(
+        model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -161,23 +166,6 @@ def _warm_up_classifier(model) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def run_worker(kind: str, data: Path, args) -> dict:
-    out = Path(tempfile.mkstemp(prefix=f"bench-rm-{kind}-", suffix=".json")[1])
-    command = [sys.executable, __file__, "--worker", kind, "--data", str(data), "--result", str(out),
-               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads),
-               "--batching", args.batching, "--pack-length", str(args.pack_length)]  # fmt: skip
-    log = out.with_suffix(".log")
-    with log.open("w") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise SystemExit(f"{kind} worker failed (status {status}); log {log}:\n{tail}")
-    result = json.loads(out.read_text())
-    result["peak_rss_gb"] = usage.ru_maxrss * 1024 / 1e9
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=16)
@@ -186,59 +174,40 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--batching", default="fast")
+    parser.add_argument(
+        "--ours", default="fast:off,fast:full", help="our variants, BATCHING:CHECKPOINTING each"
+    )
     parser.add_argument("--pack-length", type=int, default=0)
-    parser.add_argument("--only", choices=["ours", "trl"])
+    parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--json")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common_bench.add_worker_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         common_bench._set_threads(args.threads)
-        result = worker_ours(args) if args.worker == "ours" else worker_trl(args, defaults=args.worker == "trl-defaults")
+        result = (
+            worker_ours(args)
+            if args.worker == "ours"
+            else worker_trl(args, defaults=args.worker == "trl-defaults")
+        )
         Path(args.result).write_text(json.dumps(result))
         return
 
-    files = write_fitting_datasets(Path(tempfile.mkdtemp(prefix="bench-rm-data-")), args.datasets.split(","), args.pairs)
-    trunk_parameters = common_bench.smollm2_parameters() - 49152 * 576  # no LM head: the scalar head is ~free
+    files = write_fitting_datasets(
+        Path(tempfile.mkdtemp(prefix="bench-rm-data-")), args.datasets.split(","), args.pairs
+    )
+    trunk_parameters = common_bench.smollm2_parameters() - 49152 * 576  # no LM head; the scalar head is ~free
     peaks = [common_bench.matmul_peak_gflops(args.threads)]
-    runs: dict[tuple[str, str], list[dict]] = {}
-    for round_index in range(args.rounds):
-        for name, data in files.items():
-            kinds = [args.only] if args.only else ["ours", "trl"]
-            for kind in kinds if round_index % 2 == 0 else kinds[::-1]:
-                print(f"round {round_index + 1}: {name} {kind} ...", file=sys.stderr, flush=True)
-                result = run_worker(kind, data, args)
-                print(f"  {result['seconds']:.1f} s, {result['pairs']} pairs, peak RSS {result['peak_rss_gb']:.2f} GB",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                runs.setdefault((name, kind), []).append(result)
+    kinds = [f"ours:{variant}" for variant in args.ours.split(",") if variant] + (
+        [] if args.no_trl else ["trl"]
+    )
+    runs = common_bench.measure(files, kinds, args, script=__file__)
     peaks.append(common_bench.matmul_peak_gflops(args.threads))
     peak = max(peaks)
-    print(f"\nreward model: SmolLM2-135M trunk fp32 CPU, batch {args.batch_size}, max length {args.max_length}, "
-          f"{args.pairs} pairs per set, fp32 matmul peak {peak:.0f} GFLOP/s (measured now: {', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
-    header = f"{'data':6} {'trainer':13} {'s/pass':>8} {'pairs/s':>8} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9} {'step-1 loss':>12} {'step-1 r_mean':>14}"
-    print(header)
-    print("-" * len(header))
-    summary = {"matmul_peak_gflops": peak, "rows": [], "ratios": []}
-    for name in files:
-        rows = {}
-        for kind in ("ours", "trl"):
-            if (name, kind) not in runs:
-                continue
-            # 6N per token: forward and backward of the trunk (no reference model in reward modelling).
-            row = common_bench.summarise(kind, runs[(name, kind)], peak, trunk_parameters) | {"data": name}
-            row["mfu"] *= 6 / 8
-            rows[kind] = row
-            summary["rows"].append(row)
-            label = {"ours": f"preftune {args.batching}", "trl": "TRL best"}[kind]
-            print(f"{name:6} {label:13} {row['seconds']:8.1f} {row['pairs_per_s']:8.3f} {row['tokens_per_s']:9.1f} "
-                  f"{100 * row['mfu']:5.1f}% {row['peak_rss_gb']:7.2f}GB {row['step1_loss']:12.6f} {row['step1_logps_chosen']:14.4f}")  # fmt: skip
-        if len(rows) == 2:
-            ratio = {"data": name, "speedup_pairs": rows["ours"]["pairs_per_s"] / rows["trl"]["pairs_per_s"],
-                     "memory_ratio": rows["ours"]["peak_rss_gb"] / rows["trl"]["peak_rss_gb"]}  # fmt: skip
-            summary["ratios"].append(ratio)
-            print(f"{name:6} ours/TRL: {ratio['speedup_pairs']:.1f}x pairs/s, {ratio['memory_ratio']:.2f}x peak RSS")
+    title = (f"\nreward model, SmolLM2-135M trunk fp32 CPU, batch {args.batch_size}, max length {args.max_length}, "
+             f"{args.pairs} pairs per set, {args.rounds} round(s); fp32 matmul peak {peak:.0f} GFLOP/s "
+             f"(measured at start and end: {', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
+    # 6N FLOPs per token: forward and backward of the trunk (no reference model in reward modelling).
+    summary = common_bench.report(title, files, kinds, runs, peak, trunk_parameters, 6, "step-1 r_mean")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
 

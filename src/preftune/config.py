@@ -208,6 +208,7 @@ class TrainConfig:
     device: str = setting("auto", help="auto, cpu or cuda.")
     batching: typing.Literal["fast", "padded"] = setting("fast", help="Pair layout: fast (prefix-shared, packed, LM head only on completions) or padded (the plain reference layout).")
     pack_length: int = setting(0, help="With --batching fast, tokens per packed row (0: as long as the longest pair in the batch; 1: one pair per row, no packing).")
+    activation_checkpointing: typing.Literal["off", "selective", "full"] = setting("off", help="Recompute activations in the backward pass to save memory: selective (element-wise ops only; about half the activation memory, little time) or full (whole blocks; least memory, about 1/3 slower).")
 
 
 @dataclass

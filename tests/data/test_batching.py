@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from preftune.data.batching import PackedSequences, collate_pairs, collate_sequences, plan_rows
+from preftune.data.batching import PackedSequences, collate_pairs, collate_sequences, plan_groups, plan_rows
 from preftune.data.tokenize import TokenizedPair
 
 PAD = 0  # also the EOS below, as in SmolLM2: masks must not come from ids
@@ -32,10 +32,17 @@ def sequences_of(pairs):
 
 def visible_prefix(packed: PackedSequences, flat_index: int) -> tuple[list[int], list[int]]:
     """Tokens and position ids a query at `flat_index` attends to, in column order."""
-    width = packed.input_ids.shape[1]
-    row, column = divmod(flat_index, width)
-    keys = packed.attention_mask[row, 0, column].nonzero().squeeze(1)
-    return packed.input_ids[row, keys].tolist(), packed.position_ids[row, keys].tolist()
+    for group in packed.groups:  # flat indices run through the groups one after another
+        if flat_index < group.input_ids.numel():
+            break
+        flat_index -= group.input_ids.numel()
+    row, column = divmod(flat_index, group.input_ids.shape[1])
+    keys = group.attention_mask[row, 0, column].nonzero().squeeze(1)
+    return group.input_ids[row, keys].tolist(), group.position_ids[row, keys].tolist()
+
+
+def shapes(packed: PackedSequences) -> list[tuple[int, int]]:
+    return [tuple(group.input_ids.shape) for group in packed.groups]
 
 
 def assert_sees_exactly_its_prefix(packed: PackedSequences, sequences):
@@ -45,7 +52,14 @@ def assert_sees_exactly_its_prefix(packed: PackedSequences, sequences):
     for n, (prompt, completion) in enumerate(sequences):
         full = prompt + completion
         expected += [(n, j) for j in range(max(len(prompt), 1), len(full))]
-    got = list(zip(packed.sequence_index.tolist(), packed.source_index.tolist(), packed.target_ids.tolist(), strict=True))
+    got = list(
+        zip(
+            packed.sequence_index.tolist(),
+            packed.source_index.tolist(),
+            packed.target_ids.tolist(),
+            strict=True,
+        )
+    )
     assert sorted((n for n, _, _ in got)) == sorted(n for n, _ in expected)
     seen = {n: 0 for n in range(len(sequences))}
     for n, source, target in got:
@@ -83,26 +97,30 @@ def test_fast_layout_shows_each_token_its_own_prefix(pack_length):
 def test_fast_layout_shares_the_prompt_and_counts_tokens_like_padded():
     batch = collate_pairs(PAIRS, PAD, layout="fast", pack_length=1)  # one pair per row
     packed = batch.sequences
-    assert packed.input_ids.shape == (3, 11)  # widest block: 6 + 2 + 3
-    # Pair 0 sits in some row as [prompt, chosen, rejected]; rejected's positions continue the prompt.
-    row = [r for r in range(3) if packed.input_ids[r, :4].tolist() == [1, 5, 6, 7]][0]
-    assert packed.input_ids[row, :9].tolist() == [1, 5, 6, 7, 8, 9, PAD, 10, PAD]
-    assert packed.position_ids[row, :9].tolist() == [0, 1, 2, 3, 4, 5, 6, 4, 5]
-    mask = packed.attention_mask[row, 0]
+    # Blocks of 11, 9 and 8 tokens, one per row; the 9 and 8 share a call (8 fills 89% of 9), the 11
+    # goes alone (9 would fill only 82% of it).
+    assert shapes(packed) == [(1, 11), (2, 9)]
+    # Pair 0 is [prompt, chosen, rejected]; rejected's positions continue from the prompt's end.
+    group = packed.groups[1]
+    assert group.input_ids[0].tolist() == [1, 5, 6, 7, 8, 9, PAD, 10, PAD]
+    assert group.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 4, 5]
+    mask = group.attention_mask[0, 0]
     assert not mask[7, 4:7].any() and mask[7, :4].all()  # rejected sees the prompt, not chosen
     assert not mask[4:7, 7:9].any()  # and chosen never sees rejected
     assert packed.num_tokens == collate_pairs(PAIRS, PAD).sequences.num_tokens
-    assert packed.computed_tokens == sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in PAIRS)
+    assert packed.computed_tokens == sum(
+        len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in PAIRS
+    )
     assert packed.completion_lengths().tolist() == [3, 5, 2, 2, 1, 3]
 
 
 def test_packing_is_block_diagonal():
     packed = collate_pairs(PAIRS, PAD, layout="fast", pack_length=30).sequences
-    assert packed.input_ids.shape == (1, 28)  # blocks of 9, 8 and 11 tokens share one row, no padding
-    assert packed.computed_tokens == 28
-    mask = packed.attention_mask[0, 0]
+    assert shapes(packed) == [(1, 28)]  # blocks of 9, 8 and 11 tokens share one row, no padding
+    assert packed.computed_tokens == packed.positions == 28
+    mask = packed.groups[0].attention_mask[0, 0]
     # Position ids restart at 0 at every block start, and nothing attends across a block start.
-    starts = (packed.position_ids[0] == 0).nonzero().squeeze(1).tolist()
+    starts = (packed.groups[0].position_ids[0] == 0).nonzero().squeeze(1).tolist()
     assert starts == [0, 11, 20]  # first-fit decreasing: 11, then 9, then 8
     for start in starts[1:]:
         assert not mask[start:, :start].any()
@@ -110,14 +128,21 @@ def test_packing_is_block_diagonal():
 
 def test_padding_attends_only_to_itself():
     packed = collate_pairs(PAIRS, PAD, layout="fast", pack_length=12).sequences
-    assert packed.input_ids.shape == (3, 11)  # 11 alone; 9 + 8 > 12, so no two blocks share a row
-    mask = packed.attention_mask[:, 0]
-    assert bool(mask.any(-1).all())  # every query attends to something: no NaN rows in softmax
-    # The 9- and 8-token rows end in padding; each pad column sees only itself.
-    for row, length in ((1, 9), (2, 8)):
-        for column in range(length, 11):
-            assert mask[row, column].nonzero().squeeze(1).tolist() == [column]
-            assert not mask[row, :length, column].any()
+    assert shapes(packed) == [(1, 11), (2, 9)]  # 9 + 8 > 12: no two blocks share a row
+    for group in packed.groups:  # every query attends to something: no NaN rows in softmax
+        assert bool(group.attention_mask.any(-1).all())
+    # The 8-token row ends in one pad, which sees only itself and is seen by nobody.
+    mask = packed.groups[1].attention_mask[1, 0]
+    assert packed.groups[1].input_ids[1, :2].tolist() == [1, 11]  # pair 1's block: 2 + 5 + 1 tokens
+    assert mask[8].nonzero().squeeze(1).tolist() == [8]
+    assert not mask[:8, 8].any()
+    assert packed.positions == 11 + 2 * 9
+
+
+def test_plan_groups_bounds_padding():
+    assert plan_groups([100, 90, 85, 84, 50, 46, 10]) == [[0, 1, 2], [3], [4, 5], [6]]
+    assert plan_groups([7, 7, 7]) == [[0, 1, 2]]
+    assert plan_groups([5, 9], fill=0.5) == [[1, 0]]
 
 
 def test_plan_rows_first_fit_decreasing():
@@ -129,7 +154,7 @@ def test_plan_rows_first_fit_decreasing():
 def test_collate_sequences_fast_has_no_sharing_but_same_prefixes():
     rows = [([1, 2, 3], [4, 5]), ([1], [6, 7, 8, 9]), ([1, 2], [])]
     packed = collate_sequences(rows, PAD, layout="fast", pack_length=100)
-    assert packed.input_ids.shape == (1, 12)  # no prompt shared: 5 + 5 + 2
+    assert shapes(packed) == [(1, 12)]  # no prompt shared: 5 + 5 + 2
     assert_sees_exactly_its_prefix(packed, rows)
     assert packed.num_tokens == collate_sequences(rows, PAD).num_tokens == packed.computed_tokens
 
@@ -153,7 +178,11 @@ token_lists = st.lists(st.integers(1, 50), min_size=0, max_size=7)
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.tuples(st.lists(st.integers(1, 50), min_size=1, max_size=6), token_lists, token_lists), min_size=1, max_size=5),
+    st.lists(
+        st.tuples(st.lists(st.integers(1, 50), min_size=1, max_size=6), token_lists, token_lists),
+        min_size=1,
+        max_size=5,
+    ),
     st.integers(0, 25),
 )
 def test_any_pairs_any_budget_keep_every_prefix(raw_pairs, pack_length):
@@ -161,4 +190,7 @@ def test_any_pairs_any_budget_keep_every_prefix(raw_pairs, pack_length):
     packed = collate_pairs(pairs, PAD, layout="fast", pack_length=pack_length).sequences
     assert_sees_exactly_its_prefix(packed, sequences_of(pairs))
     assert packed.num_tokens == collate_pairs(pairs, PAD).sequences.num_tokens
-    assert torch.equal(packed.completion_lengths(), collate_pairs(pairs, PAD).sequences.completion_mask[:, 1:].sum(-1).float())
+    assert torch.equal(
+        packed.completion_lengths(),
+        collate_pairs(pairs, PAD).sequences.completion_mask[:, 1:].sum(-1).float(),
+    )

@@ -24,25 +24,38 @@ from preftune.runlog import read_metrics
 from preftune.train import common
 from preftune.train.dpo import train_dpo
 
-LAYOUTS = [("fast", 1), ("fast", 0), ("fast", 4096)]  # prefix sharing alone, + packing to the longest, + one row
-LAYOUT_IDS = ["prefix-shared", "prefix-shared+packed", "all-in-one-row"]
+# Prefix sharing alone (one pair per row), + packing into rows as long as the longest pair, + one row.
+LAYOUTS = [("fast", 1), ("fast", 0), ("fast", 4096)]
 LONG = "Plants eat sunlight and make their own food from light, water and air. " * 12
 
 
 def hard_pairs() -> list[PreferencePair]:
     """Multi-turn prompts, empty-ish responses, and prompts/responses cut at the length limits."""
     return [
-        PreferencePair([Message("user", "Why is the sky blue?")], Message("assistant", "Sunlight bounces off air."),
-                       Message("assistant", "The film was boring.")),  # fmt: skip
         PreferencePair(
-            [Message("system", "You are kind."), Message("user", "Hello!"), Message("assistant", "Hi, how are you?"),
-             Message("user", "How do magnets work?")],  # fmt: skip
+            [Message("user", "Why is the sky blue?")],
+            Message("assistant", "Sunlight bounces off air."),
+            Message("assistant", "The film was boring."),
+        ),  # fmt: skip
+        PreferencePair(
+            [
+                Message("system", "You are kind."),
+                Message("user", "Hello!"),
+                Message("assistant", "Hi, how are you?"),
+                Message("user", "How do magnets work?"),
+            ],  # fmt: skip
             Message("assistant", "Magnets pull on iron."),
             Message("assistant", ""),  # empty: the response is its closing EOS alone
         ),
-        PreferencePair([Message("user", "Thank you!")], Message("assistant", "."), Message("assistant", LONG)),
         PreferencePair(
-            [Message("user", LONG), Message("assistant", "Yes."), Message("user", "Explain photosynthesis. " + LONG)],
+            [Message("user", "Thank you!")], Message("assistant", "."), Message("assistant", LONG)
+        ),
+        PreferencePair(
+            [
+                Message("user", LONG),
+                Message("assistant", "Yes."),
+                Message("user", "Explain photosynthesis. " + LONG),
+            ],
             Message("assistant", LONG),
             Message("assistant", "Plants eat sunlight!"),
         ),
@@ -72,7 +85,9 @@ def assert_layouts_agree(model, tokens, pad_id, grads=False):
     for layout, pack_length in LAYOUTS:
         out, grad = run(layout, pack_length)
         for key in ("chosen_logps", "rejected_logps"):
-            torch.testing.assert_close(out[key], reference[key], rtol=1e-5, atol=1e-3, msg=f"{key} pack={pack_length}")
+            torch.testing.assert_close(
+                out[key], reference[key], rtol=1e-5, atol=1e-3, msg=f"{key} pack={pack_length}"
+            )
         for key in ("chosen_lengths", "rejected_lengths"):
             assert torch.equal(out[key], reference[key])
         assert grad.keys() == reference_grad.keys()
@@ -84,13 +99,17 @@ def assert_layouts_agree(model, tokens, pad_id, grads=False):
 def test_tiny_logps_and_gradients_match_padded():
     tokenizer = tiny_tokenizer()
     model = tiny_model(tokenizer, seed=0)
-    reference = assert_layouts_agree(model, tokenized_hard_pairs(tokenizer), tokenizer.pad_token_id, grads=True)
+    reference = assert_layouts_agree(
+        model, tokenized_hard_pairs(tokenizer), tokenizer.pad_token_id, grads=True
+    )
     assert bool((reference["chosen_logps"] < 0).all())
 
 
 def test_pad_is_eos_tokenizer():
     tokenizer = tiny_tokenizer(pad_is_eos=True)  # SmolLM2's convention
-    assert_layouts_agree(tiny_model(tokenizer, seed=1), tokenized_hard_pairs(tokenizer), tokenizer.pad_token_id)
+    assert_layouts_agree(
+        tiny_model(tokenizer, seed=1), tokenized_hard_pairs(tokenizer), tokenizer.pad_token_id
+    )
 
 
 def smollm2_shaped(num_layers: int = 2) -> LlamaForCausalLM:
@@ -202,10 +221,16 @@ def test_dpo_loss_trajectory_is_the_same_under_each_layout(tmp_path, monkeypatch
     """20 optimizer steps of DPO (policy and the precomputed reference both on each layout)."""
     monkeypatch.setattr(common, "reference_cache_dir", lambda: tmp_path / "refcache")
     # The readers drop empty responses, so the shortest response here is "." + EOS.
-    pairs = [p if p.rejected.content else PreferencePair(p.prompt, p.chosen, Message("assistant", ".")) for p in hard_pairs()]
+    pairs = [
+        p if p.rejected.content else PreferencePair(p.prompt, p.chosen, Message("assistant", "."))
+        for p in hard_pairs()
+    ]
     pairs = pairs * 3 + [
-        PreferencePair([Message("user", f"Tell me about {topic}.")], Message("assistant", f"{topic} is lovely!"),
-                       Message("assistant", "I did not like it at all."))  # fmt: skip
+        PreferencePair(
+            [Message("user", f"Tell me about {topic}.")],
+            Message("assistant", f"{topic} is lovely!"),
+            Message("assistant", "I did not like it at all."),
+        )  # fmt: skip
         for topic in ("rain", "bees", "trains", "bread")
     ]
     data = tmp_path / "pairs.jsonl"
@@ -225,7 +250,9 @@ def test_dpo_loss_trajectory_is_the_same_under_each_layout(tmp_path, monkeypatch
             for name in ("loss", "rewards/margins", "rewards/accuracies"):
                 assert mine[name] == pytest.approx(theirs[name], abs=1e-4), f"{key} step {step} {name}"
             for name in ("logps/chosen", "logps/rejected"):  # sums over up to 64 tokens
-                assert mine[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-3), f"{key} step {step} {name}"
+                assert mine[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-3), (
+                    f"{key} step {step} {name}"
+                )
             assert mine["num_tokens"] == theirs["num_tokens"]
 
 
@@ -247,7 +274,9 @@ def test_layout_choice_is_recorded_in_the_run_config(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "reference_cache_dir", lambda: tmp_path / "refcache")
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}) + "\n")
-    config = resolve_config(DPOConfig, None, dict(model="tiny", data=str(data), out=str(tmp_path / "run"), max_steps=1))
+    config = resolve_config(
+        DPOConfig, None, dict(model="tiny", data=str(data), out=str(tmp_path / "run"), max_steps=1)
+    )
     assert config.batching == "fast"  # the default
     out = train_dpo(config, show_progress=False)
     assert "batching: fast" in (out / "config.yaml").read_text()

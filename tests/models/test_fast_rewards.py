@@ -72,7 +72,10 @@ def test_smollm2_shaped_reward_model_matches_padded():
 
 def test_reward_model_loss_trajectory_is_the_same_under_each_layout(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "reference_cache_dir", lambda: tmp_path / "refcache")
-    pairs = [p if p.rejected.content else PreferencePair(p.prompt, p.chosen, Message("assistant", ".")) for p in hard_pairs()]
+    pairs = [
+        p if p.rejected.content else PreferencePair(p.prompt, p.chosen, Message("assistant", "."))
+        for p in hard_pairs()
+    ]
     data = tmp_path / "pairs.jsonl"
     write_jsonl(pairs * 4, data)
     trajectories = {}
@@ -81,14 +84,17 @@ def test_reward_model_loss_trajectory_is_the_same_under_each_layout(tmp_path, mo
             model="tiny", data=str(data), out=str(tmp_path / f"{layout}-{pack_length}"), batch_size=4, max_steps=20,
             lr=3e-3, max_length=160, max_prompt_length=96, batching=layout, pack_length=pack_length, seed=0,
         ))  # fmt: skip
-        trajectories[(layout, pack_length)] = [r for r in read_metrics(train_reward_model(config, show_progress=False)) if "loss" in r]
+        trajectories[(layout, pack_length)] = [
+            r for r in read_metrics(train_reward_model(config, show_progress=False)) if "loss" in r
+        ]
     reference = trajectories[("padded", 0)]
     assert len(reference) == 20 and reference[-1]["loss"] < reference[0]["loss"] - 0.1
     for key, rows in trajectories.items():
         for step, (mine, theirs) in enumerate(zip(rows, reference, strict=True), start=1):
             for name in ("loss", "accuracy"):
                 assert mine[name] == pytest.approx(theirs[name], abs=1e-4), f"{key} step {step} {name}"
-            assert mine["margin"] == pytest.approx(theirs["margin"], rel=1e-4, abs=1e-4), f"{key} step {step} margin"
+            assert mine["margin"] == pytest.approx(theirs["margin"], rel=1e-4, abs=1e-4), (
+                f"{key} step {step} margin"
+            )
             # Not mean_reward: Bradley-Terry cannot see a shift of all rewards, so without a centering
             # term their mean wanders along that flat direction with the rounding (1e-3 here).
-

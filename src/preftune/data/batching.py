@@ -11,7 +11,8 @@ every response's closing EOS (a bug TRL shipped).
   token sees exactly what it sees in its padded row (Wang et al. 2024, "Accelerating Direct
   Preference Optimization with Prefix Sharing");
 - blocks are packed several to a row, up to a token budget, with a block-diagonal mask and
-  position ids that restart in each block: no padding inside rows, little at their ends;
+  position ids that restart in each block: no padding inside rows; rows of similar length go
+  through the model together (`RowGroup`), so little padding at their ends either;
 - every completion token records which position's output predicts it, so log-probs need the LM
   head only there (`models.logprobs.packed_logprobs`).
 
@@ -38,44 +39,73 @@ class SequenceBatch:
     completion_mask: torch.Tensor  # [N, T] long, 1 on completion tokens
     num_tokens: int  # real (non-pad) tokens in the batch
 
+    @property
+    def device(self) -> torch.device:
+        return self.input_ids.device
+
     def to(self, device) -> SequenceBatch:
         return SequenceBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device), self.num_tokens
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.completion_mask.to(device),
+            self.num_tokens,
         )
 
 
 @dataclass
-class PackedSequences:
-    """N sequences laid out prefix-shared and packed into R rows of width T (see module docstring).
-
-    Index tensors address the flattened rows (`row * T + column`), so a model's outputs
-    [R, T, ...] reshaped to [R*T, ...] can be gathered with them directly.
-    """
+class RowGroup:
+    """Rows of one width, run through the model in one call."""
 
     input_ids: torch.Tensor  # [R, T] long
     position_ids: torch.Tensor  # [R, T] long: each token's position in its own sequence
-    attention_mask: torch.Tensor  # [R, 1, T, T] bool, True where a query (dim 2) may attend a key (dim 3)
-    source_index: torch.Tensor  # [M] long: flat index of the position whose output predicts each completion token
+    attention_mask: torch.Tensor  # [R, 1, T, T] bool: True where a query (dim 2) may attend a key (dim 3)
+
+    def to(self, device) -> RowGroup:
+        return RowGroup(self.input_ids.to(device), self.position_ids.to(device), self.attention_mask.to(device))
+
+
+@dataclass
+class PackedSequences:
+    """N sequences laid out prefix-shared and packed into rows (see the module docstring).
+
+    Rows come in `groups` of equal width, one model call each: rows of similar length share a
+    call, so short rows are not padded to the longest one. Index tensors address the outputs of
+    all groups flattened and concatenated (group by group, `row * T + column` within a group).
+    """
+
+    groups: list[RowGroup]
+    source_index: torch.Tensor  # [M] long: where the output that predicts each completion token is
     target_ids: torch.Tensor  # [M] long: the completion token predicted there
     sequence_index: torch.Tensor  # [M] long: which of the N sequences the token belongs to
-    last_index: torch.Tensor  # [N] long: flat index of each sequence's last token (where a reward is read)
+    last_index: torch.Tensor  # [N] long: where each sequence's last token is (a reward is read there)
     num_sequences: int
     num_tokens: int  # tokens of the N sequences, each prompt counted once per sequence (as `padded` counts)
     computed_tokens: int  # tokens the model actually runs: each prompt once per block, no padding
 
+    @property
+    def device(self) -> torch.device:
+        return self.target_ids.device
+
+    @property
+    def positions(self) -> int:
+        """Positions the model computes, padding included."""
+        return sum(group.input_ids.numel() for group in self.groups)
+
     def to(self, device) -> PackedSequences:
-        moved = {name: getattr(self, name).to(device) for name in _PACKED_TENSORS}
+        moved = {name: getattr(self, name).to(device) for name in ("source_index", "target_ids", "sequence_index", "last_index")}
         return PackedSequences(
-            **moved, num_sequences=self.num_sequences, num_tokens=self.num_tokens, computed_tokens=self.computed_tokens
+            groups=[group.to(device) for group in self.groups],
+            **moved,
+            num_sequences=self.num_sequences,
+            num_tokens=self.num_tokens,
+            computed_tokens=self.computed_tokens,
         )
 
     def completion_lengths(self) -> torch.Tensor:
         """[N] completion tokens per sequence (a first token at position 0 has no predictor and is not counted)."""
-        counts = torch.zeros(self.num_sequences, dtype=torch.float32, device=self.target_ids.device)
-        return counts.index_add_(0, self.sequence_index, torch.ones_like(self.sequence_index, dtype=torch.float32))
-
-
-_PACKED_TENSORS = ("input_ids", "position_ids", "attention_mask", "source_index", "target_ids", "sequence_index", "last_index")
+        counts = torch.zeros(self.num_sequences, dtype=torch.float32, device=self.device)
+        ones = torch.ones_like(self.sequence_index, dtype=torch.float32)
+        return counts.index_add_(0, self.sequence_index, ones)
 
 
 @dataclass
@@ -118,7 +148,9 @@ def collate_sequences(
     return SequenceBatch(input_ids, attention_mask, completion_mask, int(attention_mask.sum()))
 
 
-def collate_pairs(pairs: list[TokenizedPair], pad_id: int, layout: str = "padded", pack_length: int = 0) -> PairBatch:
+def collate_pairs(
+    pairs: list[TokenizedPair], pad_id: int, layout: str = "padded", pack_length: int = 0
+) -> PairBatch:
     """B pairs -> a `PairBatch`: 2B padded rows, or (`layout="fast"`) B prefix-shared blocks
     packed into rows of at most `pack_length` tokens (see `pack_blocks`)."""
     if not pairs:
@@ -129,7 +161,9 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int, layout: str = "padded
         margins = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
     if layout == "fast":
         b = len(pairs)
-        blocks = [_Block(p.prompt_ids, [p.chosen_ids, p.rejected_ids], [i, b + i]) for i, p in enumerate(pairs)]
+        blocks = [
+            _Block(p.prompt_ids, [p.chosen_ids, p.rejected_ids], [i, b + i]) for i, p in enumerate(pairs)
+        ]
         return PairBatch(pack_blocks(blocks, 2 * b, pad_id, pack_length), b, margins)
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
     return PairBatch(collate_sequences(rows, pad_id), len(pairs), margins)
@@ -177,69 +211,88 @@ def plan_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
     return rows
 
 
-def pack_blocks(blocks: list[_Block], num_sequences: int, pad_id: int, pack_length: int = 0) -> PackedSequences:
-    """Lay `blocks` out in rows of at most `pack_length` tokens (0: the longest block's length;
-    1: one block per row, i.e. prefix sharing without packing).
+# A row joins a group only if it is at least this full at the group's width: at most 15% padding.
+GROUP_FILL = 0.85
 
-    Row width T is the fullest row's length; the short rows' tails are padding that attends only
-    to itself (a query with nothing to attend to would give NaN, and NaN * 0 is still NaN in the
+
+def plan_groups(row_lengths: list[int], fill: float = GROUP_FILL) -> list[list[int]]:
+    """Rows (indices) grouped by length, longest first: a row starts a new group when padding it to
+    the current group's width would waste more than 1 - `fill` of it."""
+    groups: list[list[int]] = []
+    width = 0
+    for row in sorted(range(len(row_lengths)), key=lambda r: -row_lengths[r]):
+        if not groups or row_lengths[row] < fill * width:
+            groups.append([])
+            width = row_lengths[row]
+        groups[-1].append(row)
+    return groups
+
+
+def pack_blocks(
+    blocks: list[_Block], num_sequences: int, pad_id: int, pack_length: int = 0
+) -> PackedSequences:
+    """Lay `blocks` out in rows of at most `pack_length` tokens (0: the longest block's length;
+    1: one block per row, i.e. prefix sharing without packing), rows grouped by length.
+
+    Within a group, rows shorter than the group's width end in padding that attends only to
+    itself (a query with nothing to attend to would give NaN, and NaN * 0 is still NaN in the
     backward pass).
     """
     lengths = [len(b) for b in blocks]
     budget = pack_length if pack_length > 0 else max(lengths)
-    plan = plan_rows(lengths, budget)
-    width = max(sum(lengths[i] for i in row) for row in plan)
-
-    input_ids = torch.full((len(plan), width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(plan), width), dtype=torch.long)
-    # Per column: which block it belongs to (pads get their own negative ids, so they only see
-    # themselves) and which branch: 0 for the prompt, k for the k-th completion.
-    block_of = -1 - torch.arange(width).repeat(len(plan), 1)
-    branch_of = torch.zeros((len(plan), width), dtype=torch.long)
+    rows = plan_rows(lengths, budget)
+    row_lengths = [sum(lengths[i] for i in row) for row in rows]
     source, target, sequence = [], [], []
     last_index = [0] * num_sequences
-    for r, row in enumerate(plan):
-        offset = 0
-        for index in row:
-            block = blocks[index]
-            p = len(block.prompt)
-            ids = list(block.prompt)
-            positions = list(range(p))
-            branches = [0] * p
-            prompt_end = r * width + offset + p - 1  # flat index of the last prompt token
-            for k, (completion, seq) in enumerate(zip(block.completions, block.sequence_ids, strict=True), start=1):
-                start = offset + len(ids)  # column of this completion's first token
-                # Token j of the sequence (j >= p) sits at column start + j - p; it is predicted
-                # by token j-1, which for j == p is the prompt's last token, shared by all branches.
-                for j, token in enumerate(completion):
-                    predictor = prompt_end if j == 0 else r * width + start + j - 1
-                    if j == 0 and p == 0:
-                        continue  # nothing precedes it: `padded` skips it too (logits[:, :-1])
-                    source.append(predictor)
-                    target.append(token)
-                    sequence.append(seq)
-                last_index[seq] = r * width + start + len(completion) - 1 if completion else prompt_end
-                ids += completion
-                positions += range(p, p + len(completion))
-                branches += [k] * len(completion)
-            end = offset + len(ids)
-            input_ids[r, offset:end] = torch.tensor(ids, dtype=torch.long)
-            position_ids[r, offset:end] = torch.tensor(positions, dtype=torch.long)
-            block_of[r, offset:end] = index
-            branch_of[r, offset:end] = torch.tensor(branches, dtype=torch.long)
-            offset = end
-
-    # query q may attend key k iff same block, k not after q, and k is prompt or q's own branch.
-    same_block = block_of[:, :, None] == block_of[:, None, :]
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    visible_branch = (branch_of[:, None, :] == 0) | (branch_of[:, :, None] == branch_of[:, None, :])
-    mask = (same_block & causal & visible_branch).unsqueeze(1)
+    groups = []
+    base = 0  # flat index of the current group's first position
+    for members in plan_groups(row_lengths):
+        width = row_lengths[members[0]]
+        group_rows = [rows[r] for r in members]
+        input_ids = torch.full((len(group_rows), width), pad_id, dtype=torch.long)
+        position_ids = torch.zeros((len(group_rows), width), dtype=torch.long)
+        # Per column: which block it belongs to (pads get their own negative ids, so they only see
+        # themselves) and which branch: 0 for the prompt, k for the k-th completion.
+        block_of = -1 - torch.arange(width).repeat(len(group_rows), 1)
+        branch_of = torch.zeros((len(group_rows), width), dtype=torch.long)
+        for r, row in enumerate(group_rows):
+            offset = 0
+            for index in row:
+                block = blocks[index]
+                p = len(block.prompt)
+                ids, positions, branches = list(block.prompt), list(range(p)), [0] * p
+                row_start = base + r * width
+                prompt_end = row_start + offset + p - 1  # flat index of the last prompt token
+                for k, (completion, seq) in enumerate(zip(block.completions, block.sequence_ids, strict=True), 1):
+                    start = row_start + offset + len(ids)  # flat index of this completion's first token
+                    # Token j of the completion is predicted by the token before it: for j == 0
+                    # that is the prompt's last token, shared by all branches.
+                    for j, token in enumerate(completion):
+                        if j == 0 and p == 0:
+                            continue  # nothing precedes it: `padded` skips it too (logits[:, :-1])
+                        source.append(prompt_end if j == 0 else start + j - 1)
+                        target.append(token)
+                        sequence.append(seq)
+                    last_index[seq] = start + len(completion) - 1 if completion else prompt_end
+                    ids += completion
+                    positions += range(p, p + len(completion))
+                    branches += [k] * len(completion)
+                end = offset + len(ids)
+                input_ids[r, offset:end] = torch.tensor(ids, dtype=torch.long)
+                position_ids[r, offset:end] = torch.tensor(positions, dtype=torch.long)
+                block_of[r, offset:end] = index
+                branch_of[r, offset:end] = torch.tensor(branches, dtype=torch.long)
+                offset = end
+        # query q may attend key k iff same block, k not after q, and k is prompt or q's own branch.
+        same_block = block_of[:, :, None] == block_of[:, None, :]
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        visible_branch = (branch_of[:, None, :] == 0) | (branch_of[:, :, None] == branch_of[:, None, :])
+        groups.append(RowGroup(input_ids, position_ids, (same_block & causal & visible_branch).unsqueeze(1)))
+        base += input_ids.numel()
 
     counted = sum(len(b.prompt) * len(b.completions) + sum(len(c) for c in b.completions) for b in blocks)
     return PackedSequences(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        attention_mask=mask,
+        groups=groups,
         source_index=torch.tensor(source, dtype=torch.long),
         target_ids=torch.tensor(target, dtype=torch.long),
         sequence_index=torch.tensor(sequence, dtype=torch.long),

@@ -85,34 +85,59 @@ def packed_logprobs(
     hidden states from its trunk and the LM head only at predicting positions. Anything else
     (logit soft-capping, logit scaling, an adapted head) runs whole, and its logits are gathered.
     """
+    if is_prompt_learning(model):  # virtual tokens prepended by peft would not match the 4-D mask
+        raise ValueError("--batching fast does not support prompt-learning adapters; use --batching padded")
     base = unwrap_peft(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    mask = attention_mask_for(model, batch.attention_mask)
     if isinstance(head, torch.nn.Linear) and plain_output_layer(base.config):
-        hidden = decoder_of(base)(
-            input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
-        ).last_hidden_state
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.source_index)
+        trunk = decoder_of(base)
+        hidden = packed_outputs(
+            lambda ids, mask, positions: trunk(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state,
+            model,
+            batch,
+        )
+        picked = hidden.index_select(0, batch.source_index)
         per_token = selected_token_logprobs(picked, head.weight, head.bias, batch.target_ids, chunk_tokens)
     else:
-        logits = model(
-            input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
-        ).logits
-        flat = logits.reshape(-1, logits.shape[-1]).index_select(0, batch.source_index).float()
+        logits = packed_outputs(
+            lambda ids, mask, positions: model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            ).logits,
+            model,
+            batch,
+        )
+        flat = logits.index_select(0, batch.source_index).float()
         per_token = flat.gather(1, batch.target_ids[:, None]).squeeze(1) - torch.logsumexp(flat, dim=-1)
     logps = torch.zeros(batch.num_sequences, dtype=per_token.dtype, device=per_token.device)
     return logps.index_add(0, batch.sequence_index, per_token), batch.completion_lengths()
+
+
+def packed_outputs(run, model, batch: PackedSequences) -> torch.Tensor:
+    """`run(input_ids, attention_mask, position_ids)` -> [R, T, ...] on each row group of `batch`,
+    flattened to [positions, ...] and concatenated: the layout `batch`'s index tensors address.
+    `model` says which attention implementation (and dtype) the masks are for."""
+    outputs = []
+    for group in batch.groups:
+        out = run(group.input_ids, attention_mask_for(model, group.attention_mask), group.position_ids)
+        outputs.append(out.reshape(-1, *out.shape[2:]))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def unwrap_peft(model):
     """The transformers model inside a peft wrapper (LoRA layers are injected in place, so calling
     its parts runs the adapters, and `disable_adapter()` on the wrapper still switches them off)."""
     if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-        config = model.peft_config.get(getattr(model, "active_adapter", "default"))
-        if config is not None and getattr(config, "is_prompt_learning", False):
-            raise ValueError("--batching fast does not support prompt-learning adapters; use --batching padded")
         return model.get_base_model()
     return model
+
+
+def is_prompt_learning(model) -> bool:
+    if not hasattr(model, "peft_config"):
+        return False
+    config = model.peft_config.get(getattr(model, "active_adapter", "default"))
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def decoder_of(causal_lm):
@@ -131,20 +156,26 @@ def plain_output_layer(config) -> bool:
 
 
 def attention_mask_for(model, mask: torch.Tensor) -> torch.Tensor:
-    """The boolean [R, 1, T, T] mask in the form the model's attention takes it.
+    """The boolean [R, 1, T, T] mask as the additive mask (0 or the dtype's minimum) that SDPA and
+    eager attention both take, in the dtype the attention runs in.
 
-    transformers 5 passes a 4-D mask through untouched (`masking_utils`), so it must already be
-    what the kernel expects: SDPA takes booleans (True = attend); eager adds it to the scores.
+    transformers 5 passes a 4-D mask through untouched (`masking_utils`), so it must already be in
+    the kernel's form. Additive rather than boolean on purpose: SDPA converts a boolean mask to an
+    additive one inside every layer and keeps each copy for the backward pass (30 copies of
+    [R, 1, T, T] floats for SmolLM2, 0.8 GB at 8 rows of 930 tokens); one shared tensor costs one.
     """
     implementation = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    if implementation == "sdpa":
-        return mask
-    if implementation == "eager":
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(
+            f"--batching fast needs sdpa or eager attention, and the model uses {implementation}; use --batching padded"
+        )
+    device_type = mask.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
         dtype = next(model.parameters()).dtype
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
-    raise ValueError(
-        f"--batching fast needs sdpa or eager attention, and the model uses {implementation}; use --batching padded"
-    )
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return additive.masked_fill_(~mask, torch.finfo(dtype).min)
 
 
 def selected_token_logprobs(
@@ -160,7 +191,9 @@ def selected_token_logprobs(
     Under autocast the matmuls run in the autocast dtype, as `lm_head` would; log-softmax in fp32.
     """
     device_type = hidden.device.type
-    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+    compute_dtype = (
+        torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+    )
     return SelectedTokenLogprobs.apply(hidden, weight, bias, targets, chunk_tokens, compute_dtype)
 
 
@@ -202,7 +235,9 @@ class SelectedTokenLogprobs(torch.autograd.Function):
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        )
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_bias else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):

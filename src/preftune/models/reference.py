@@ -89,7 +89,7 @@ class PrecomputedReference:
         self.chosen_logps, self.rejected_logps = chosen_logps, rejected_logps
 
     def __call__(self, batch, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = batch.sequences.input_ids.device
+        device = batch.sequences.device
         return self.chosen_logps[indices].to(device), self.rejected_logps[indices].to(device)
 
 

@@ -34,7 +34,7 @@ from ..data.batching import PackedSequences, SequenceBatch, collate_sequences
 from ..data.schema import Message, user_prompt
 from ..data.tokenize import PairTokenizer
 from .load import LoraSettings, ModelLoadError, load_policy, load_tokenizer, save_model
-from .logprobs import attention_mask_for
+from .logprobs import packed_outputs
 
 SCALAR_FORMAT = "preftune-scalar-head"
 SCALAR_VERSION = 1
@@ -277,9 +277,8 @@ def reward_of_sequences(model: ScalarHeadModel, batch: SequenceBatch | PackedSeq
     last token is found by `batch.last_index` and the trunk takes the 4-D mask and position ids.
     """
     if isinstance(batch, PackedSequences):
-        mask = attention_mask_for(model.backbone, batch.attention_mask)
-        values = model(batch.input_ids, mask, position_ids=batch.position_ids)
-        return values.reshape(-1)[batch.last_index]
+        values = packed_outputs(lambda ids, mask, positions: model(ids, mask, positions), model.backbone, batch)
+        return values[batch.last_index]
     values = model(batch.input_ids, batch.attention_mask)
     return last_token_values(values, batch.attention_mask)
 

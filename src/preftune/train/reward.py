@@ -22,6 +22,7 @@ from ..data.batching import PairBatch, collate_pairs
 from ..data.schema import DataError, PreferencePair
 from ..data.tokenize import PairTokenizer, TokenizedPair
 from ..losses.reward import bradley_terry
+from ..models.checkpointing import enable_activation_checkpointing
 from ..models.load import LoraSettings
 from ..models.reward_model import ScalarHeadModel, from_causal_lm, reward_of_sequences
 from ..runlog import RunLog
@@ -74,6 +75,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
     model, tokenizer = from_causal_lm(
         config.model, lora=lora, device=device, seed=config.seed, lora_top_layers=config.lora_top_layers
     )
+    enable_activation_checkpointing(model.backbone, config.activation_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(

@@ -15,6 +15,7 @@ from ..config import ConfigError, TrainConfig
 from ..data.formats import read_pairs
 from ..data.schema import DataError, PreferencePair
 from ..data.tokenize import PairTokenizer, TokenizedPair
+from ..models.checkpointing import enable_activation_checkpointing
 from ..models.load import LoraSettings, load_policy, save_model
 
 
@@ -29,6 +30,7 @@ def load_model_for_training(config: TrainConfig, device: torch.device):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         print(f"lora: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)", file=sys.stderr)
+    enable_activation_checkpointing(model, config.activation_checkpointing)
     return model, tokenizer
 
 
