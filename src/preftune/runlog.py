@@ -97,8 +97,10 @@ class RunLog:
             self._wandb.finish()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file ([] when absent), stopping at a half-written last line: a run being
+    written right now is read up to its last complete line."""
+    path = Path(path)
     if not path.exists():
         return []
     rows = []
@@ -109,3 +111,25 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:  # a line being written right now
                 break
     return rows
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows: `step`, `time` and metric names (DESIGN.md section 4)."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+def read_samples(run_dir: str | Path) -> list[dict[str, Any]]:
+    """samples.jsonl rows: step, prompt, policy, reference, policy_score, reference_score."""
+    return read_jsonl(Path(run_dir) / "samples.jsonl")
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """config.yaml as a plain dict ({} when absent or unreadable: the run is still worth reading)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}

@@ -185,3 +185,60 @@ def test_thresholds_are_adjustable():
 def test_either_kl_key_is_read(key):
     series = [{"step": s, key: v} for s, v in zip(STEPS, ramp(0.1, 30.0), strict=True)]
     assert names(check_metrics(series)) == ["kl_runaway"]
+
+
+# ------------------------------------------------------------------------------- explanations, printing
+
+
+def test_every_detector_has_an_explanation_and_a_hint_and_both_are_printed():
+    from preftune.eval.hacking import ABOUT, DETECTORS
+
+    assert set(ABOUT) == set(DETECTORS)
+    for name in DETECTORS:
+        warning = HackingWarning(name, "seen", [1], {"x": [1.0]})
+        assert warning.explanation and warning.hint and warning.to_dict()["hint"] == warning.hint
+    warnings = check_metrics(rows(policy__clipfrac_avg=[0.35] * 20))
+    text = format_warnings(warnings)
+    assert f"warning [high_clip_fraction]: {ABOUT['high_clip_fraction'][0]}" in text
+    assert f"try: {ABOUT['high_clip_fraction'][1]}" in text
+
+
+def test_print_warnings_is_one_unwrapped_block_with_names_shown_literally():
+    import io
+
+    from rich.console import Console
+
+    from preftune.eval.hacking import print_warnings
+
+    warnings = check_metrics(rows(policy__clipfrac_avg=[0.35] * 20, objective__entropy=ramp(40.0, 3.0)))
+    out = io.StringIO()
+    print_warnings(warnings, console=Console(file=out, width=40, color_system=None))
+    # Rich markup would swallow "[high_clip_fraction]"; a 40-column console would wrap these lines.
+    assert out.getvalue().rstrip("\n") == format_warnings(warnings)
+    out = io.StringIO()
+    print_warnings([], console=Console(file=out, color_system=None))
+    assert out.getvalue() == "reward-hacking checks: no warnings\n"
+
+
+# ------------------------------------------------------------------------------- one JSONL reader
+
+
+def test_samples_and_config_come_from_runlog_readers(tmp_path):
+    from preftune import runlog
+    from preftune.eval import hacking
+    from preftune.web import runs
+
+    log = RunLog(tmp_path)
+    log.log_samples(10, [{"prompt": "p", "policy": "a b", "policy_score": 1.0}])
+    with (tmp_path / "samples.jsonl").open("a") as half:
+        half.write('{"step": 20, "prompt": "being writ')  # a line being written right now
+    (tmp_path / "config.yaml").write_text("target_kl: 5.0\n", encoding="utf-8")
+    assert runlog.read_samples(tmp_path) == [{"step": 10, "prompt": "p", "policy": "a b", "policy_score": 1.0}]
+    assert runlog.read_run_config(tmp_path) == {"target_kl": 5.0}
+    (tmp_path / "config.yaml").write_text("[unclosed", encoding="utf-8")
+    assert runlog.read_run_config(tmp_path) == {} and runlog.read_run_config(tmp_path / "missing") == {}
+    assert runlog.read_samples(tmp_path / "missing") == []
+    # One reader: the detectors and the dashboard use runlog's, not copies of their own.
+    assert hacking.read_run_config is runlog.read_run_config
+    assert hacking.read_samples is runlog.read_samples and runs.read_samples is runlog.read_samples
+    assert runs.read_config is runlog.read_run_config

@@ -6,6 +6,7 @@ screenshot of each page is saved under docs/img/ for the README tour.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -18,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from preftune.config import DPOConfig, PPOConfig, resolve_config
+from preftune.eval.hacking import check_run
 from preftune.runlog import RunLog, read_metrics
 from preftune.web import runs
 from preftune.web.app import create_app
@@ -65,33 +67,23 @@ def collapsing_dpo_row(step: int, start: int) -> dict:
 # ---- reading runs -------------------------------------------------------------------------------
 
 
-def test_warning_fires_for_a_steady_fall_of_chosen_logps_with_rising_margins():
-    rows = [{"step": s} | healthy_dpo_row(s) for s in range(1, 5)]
-    assert runs.falling_chosen_logps(rows) is None
-    rows += [{"step": s} | collapsing_dpo_row(s, 4) for s in range(5, 21)]
-    warning = runs.falling_chosen_logps(rows)
-    assert warning is not None and "logps/chosen fell from" in warning and "rewards/margins rose" in warning
-    # The window is the last 20 rows: the early healthy rise is forgotten once enough collapse follows.
-    assert warning.startswith("logps/chosen fell from -99.00 to -144.00 between steps 1 and 20")
-
-
-def test_no_warning_for_noise_rising_logps_falling_margins_or_too_few_points():
+def test_run_warnings_are_those_of_eval_hacking_check_run(tmp_path):
+    log = dpo_log(tmp_path, "dpo")
+    for step in range(1, 5):
+        log.log(step, healthy_dpo_row(step))
+    assert runs.run_warnings(tmp_path / "dpo") == [] and check_run(tmp_path / "dpo") == []
+    for step in range(5, 21):
+        log.log(step, collapsing_dpo_row(step, 4))
+    warnings = runs.run_warnings(tmp_path / "dpo")
+    assert warnings == [w.to_dict() for w in check_run(tmp_path / "dpo")]
+    assert [w["name"] for w in warnings] == ["dpo_chosen_logps_falling"]
+    assert warnings[0]["steps"] == list(range(1, 21)) and warnings[0]["hint"]
+    # The report's one-line DPO warning is the same detector's message, not a second detector.
+    assert runs.falling_chosen_logps(read_metrics(tmp_path / "dpo")) == f"{warnings[0]['message']}. {warnings[0]['hint']}"
     rng = random.Random(0)
-    noisy = [
-        {"step": s, "logps/chosen": -100 + rng.gauss(0, 3), "rewards/margins": 0.1 * s} for s in range(1, 30)
-    ]
+    noisy = [{"step": s, "logps/chosen": -100 + rng.gauss(0, 3), "rewards/margins": 0.1 * s} for s in range(1, 30)]
     assert runs.falling_chosen_logps(noisy) is None
-    rising = [{"step": s} | healthy_dpo_row(s) for s in range(1, 30)]
-    assert runs.falling_chosen_logps(rising) is None
-    both_falling = [
-        {"step": s, "logps/chosen": -100 - s, "rewards/margins": 1.0 - 0.01 * s} for s in range(1, 30)
-    ]
-    assert runs.falling_chosen_logps(both_falling) is None
-    short = [{"step": s} | collapsing_dpo_row(s, 0) for s in range(1, 6)]
-    assert runs.falling_chosen_logps(short) is None
-    assert runs.falling_chosen_logps(short + [{"step": 6} | collapsing_dpo_row(6, 0)]) is not None
-    # Eval-only rows (no train metrics) are ignored, not counted as points.
-    assert runs.falling_chosen_logps([{"step": s, "eval/loss": 0.5} for s in range(30)]) is None
+    assert runs.falling_chosen_logps([{"step": s} | healthy_dpo_row(s) for s in range(1, 30)]) is None
 
 
 def test_runs_are_found_only_inside_the_runs_folder(tmp_path):
@@ -126,7 +118,7 @@ def test_data_endpoint_sends_only_new_rows_and_resets_after_a_resume_truncation(
     assert (
         [r["step"] for r in first["rows"]] == [1, 2, 3, 4, 5]
         and not first["reset"]
-        and first["warning"] is None
+        and first["warnings"] == []
     )
     assert client.get("/runs/run/data", params={"since": 5}).json()["rows"] == []
     log.log(6, healthy_dpo_row(6))
@@ -210,7 +202,7 @@ def test_open_page_gains_new_points_without_reload_and_shows_the_warning(site):
         log.log(step, healthy_dpo_row(step))
     page.goto(f"{base}/runs/dpo-live")
     wait_points(page, "chart-loss", "loss", 4)
-    assert page.is_hidden("#warning-0")
+    assert page.is_hidden("#warnings-0")
     page.evaluate("window.__samePage = 'still here'")
 
     for step in range(5, 17):  # the run keeps training while the page is open
@@ -223,8 +215,11 @@ def test_open_page_gains_new_points_without_reload_and_shows_the_warning(site):
         "y": [r["loss"] for r in rows],
     }
     assert trace(page, "chart-logps", "logps/chosen")["y"] == [r["logps/chosen"] for r in rows]
-    page.wait_for_selector("#warning-0:not([hidden])", timeout=30_000)
-    assert page.inner_text("#warning-0") == "Warning: " + runs.falling_chosen_logps(rows)
+    page.wait_for_selector("#warnings-0:not([hidden])", timeout=30_000)
+    (expected,) = check_run(root / "dpo-live")
+    shown = page.locator("#warnings-0 .run-warning")
+    assert shown.count() == 1 and shown.get_attribute("data-warning") == "dpo_chosen_logps_falling"
+    assert page.inner_text("#warnings-0 .warning-message") == expected.message
     for chart in ("loss", "rewards", "accuracies", "logps", "grad-norm", "learning-rate"):
         assert page.evaluate(
             f"document.getElementById('chart-{chart}').classList.contains('js-plotly-plot')"
@@ -300,4 +295,37 @@ def test_ppo_page_plots_score_against_sqrt_kl_and_shows_escaped_samples_side_by_
     assert page.evaluate("window.__xss") is None
     page.select_option("#samples-step-0", "10")
     page.screenshot(path=str(DOCS_IMG / "dashboard_ppo.png"), full_page=True)
+    assert page.errors == []
+
+
+def test_run_page_shows_each_reward_hacking_warning_with_its_evidence(site):
+    """A metrics.jsonl written by hand (no trainer) whose KL runs past its target and whose PPO clip
+    fraction stays high: the page shows exactly check_run's two warnings, steps and values included."""
+    base, root, page = site
+    run = root / "ppo-hacking"
+    run.mkdir()
+    (run / "config.yaml").write_text("rollout_batch: 8\ntarget_kl: 5.0\n", encoding="utf-8")
+    kl = [1.0 + 0.2 * i for i in range(17)] + [9.0, 10.0, 12.0]
+    lines = [{"step": s, "objective/kl": k, "objective/scores": 0.5, "policy/clipfrac_avg": 0.35}
+             for s, k in zip(range(10, 210, 10), kl, strict=True)]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    expected = check_run(run)
+    assert [w.name for w in expected] == ["kl_runaway", "high_clip_fraction"]
+
+    page.goto(f"{base}/runs/ppo-hacking")
+    page.wait_for_selector("#warnings-0:not([hidden]) .run-warning", timeout=30_000)
+    shown = page.locator("#warnings-0 .run-warning")
+    assert [shown.nth(i).get_attribute("data-warning") for i in range(shown.count())] == [w.name for w in expected]
+    kl_box = page.locator("#warnings-0 [data-warning=kl_runaway]")
+    assert kl_box.is_visible()
+    assert kl_box.locator("strong").inner_text() == "Warning: kl_runaway"
+    assert expected[0].explanation in kl_box.inner_text()
+    assert kl_box.locator(".warning-message").inner_text() == expected[0].message
+    assert kl_box.locator(".warning-hint").inner_text() == "Try: " + expected[0].hint
+    evidence = [row.locator("th, td").all_inner_texts() for row in kl_box.locator(".evidence tr").all()]
+    assert evidence == [["step", "180", "190", "200"], ["objective/kl", "9.000", "10.00", "12.00"]]
+    clip_steps = page.locator("#warnings-0 [data-warning=high_clip_fraction] .evidence tr").first
+    assert clip_steps.locator("td").all_inner_texts()[0] == "10"  # up to 8 of its 20 steps, first ...
+    assert clip_steps.locator("td").all_inner_texts()[-1] == "200"  # ... and last
+    page.screenshot(path=str(DOCS_IMG / "dashboard_warnings.png"), full_page=True)
     assert page.errors == []

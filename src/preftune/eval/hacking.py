@@ -25,7 +25,6 @@ what it saw, and the thresholds live in one `Thresholds` object so a user can ti
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runlog import read_metrics
+from ..runlog import read_metrics, read_run_config, read_samples
 from .lengths import spearman
 
 
@@ -54,47 +53,61 @@ class Thresholds:
     chosen_drop_nats: float = 2.0  # ... and by at least this many nats
 
 
+# Per warning name: what it means (one line) and what to try. Shown with every warning, in the
+# terminal at the end of a run, on the dashboard and in summary.json.
+ABOUT: dict[str, tuple[str, str]] = {
+    "kl_runaway": (
+        "the policy is leaving the reference behind, past where the reward signal can be trusted",
+        "raise --kl-coef, set or lower --target-kl, or lower --lr; read the latest samples for degenerate text",
+    ),
+    "length_drift": (
+        "the reward may be paying for length rather than for better answers",
+        "compare early and late samples; try --missing-eos-penalty or --normalize-scores, and judge "
+        "with a length-controlled win rate (preftune eval)",
+    ),
+    "proxy_gold_divergence": (
+        "the optimised reward keeps rising while a held-out gold judge gets worse: over-optimisation",
+        "keep the checkpoint nearest the gold peak, stop earlier, or raise --kl-coef",
+    ),
+    "entropy_collapse": (
+        "the policy is collapsing onto a few completions (mode collapse)",
+        "raise --kl-coef or lower --lr; check the samples for repeated text",
+    ),
+    "high_clip_fraction": (
+        "PPO's updates are too large for its clip range, so much of each update is cut off",
+        "lower --lr or --ppo-epochs, or set --max-approx-kl",
+    ),
+    "dpo_chosen_logps_falling": (
+        "DPO widens the margin by pushing both responses down, the chosen one included",
+        "add --sft-weight, lower --lr, or raise --beta",
+    ),
+}
+
+
 @dataclass
 class HackingWarning:
-    """A named warning with the evidence behind it: `steps` and, per series name, the values."""
+    """A named warning with the evidence behind it: `steps` and, per series name, the values.
+
+    `explanation` (what it means) and `hint` (what to try) default to the name's entry in `ABOUT`.
+    """
 
     name: str
     message: str
     steps: list[int]
     values: dict[str, list[float]] = field(default_factory=dict)
+    explanation: str = ""
+    hint: str = ""
+
+    def __post_init__(self) -> None:
+        explanation, hint = ABOUT.get(self.name, ("", ""))
+        self.explanation = self.explanation or explanation
+        self.hint = self.hint or hint
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------------- reading
-
-
-def read_samples(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "samples.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written right now
-                break
-    return rows
-
-
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return {}
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+# ---------------------------------------------------------------------------------- series
 
 
 Series = tuple[list[int], list[float]]
@@ -268,8 +281,7 @@ def detect_entropy_collapse(rows, config, t: Thresholds) -> HackingWarning | Non
         return None
     return HackingWarning(
         "entropy_collapse",
-        f"{key} fell from {head:.3g} to {tail:.3g} ({100 * tail / head:.0f}% of its start): the policy is "
-        "collapsing onto a few completions",
+        f"{key} fell from {head:.3g} to {tail:.3g} ({100 * tail / head:.0f}% of its start)",
         steps, {key: values},
     )  # fmt: skip
 
@@ -284,8 +296,7 @@ def detect_high_clip_fraction(rows, config, t: Thresholds) -> HackingWarning | N
         return None
     return HackingWarning(
         "high_clip_fraction",
-        f"{key} was above {t.clipfrac_limit:g} at {len(high)} of {len(values)} logged steps (max {max(v for _, v in high):.3g}): "
-        "updates are too large for the clip range; lower the learning rate or --ppo-epochs, or set --max-approx-kl",
+        f"{key} was above {t.clipfrac_limit:g} at {len(high)} of {len(values)} logged steps (max {max(v for _, v in high):.3g})",
         [s for s, _ in high], {key: [v for _, v in high]},
     )  # fmt: skip
 
@@ -306,8 +317,8 @@ def detect_dpo_chosen_falling(rows, config, t: Thresholds) -> HackingWarning | N
         evidence[rejected_key] = [rejected[s] for s in steps]
     return HackingWarning(
         "dpo_chosen_logps_falling",
-        f"{key} fell from {head:.4g} to {tail:.4g} nats: DPO is lowering the chosen responses' likelihood too, "
-        "moving mass to sequences neither response is (consider --sft-weight, a lower lr or a larger beta)",
+        f"{key} fell from {head:.4g} to {tail:.4g} nats: the chosen responses lose likelihood too, and the mass "
+        "moves to sequences neither response is",
         steps, evidence,
     )  # fmt: skip
 
@@ -350,18 +361,39 @@ def check_run(run_dir: str | Path, thresholds: Thresholds | None = None) -> list
     return check_metrics(read_metrics(run_dir), read_samples(run_dir), read_run_config(run_dir), thresholds)
 
 
+def _styled_lines(warnings: list[HackingWarning], max_points: int) -> list[tuple[str, str]]:
+    """(rich style, text) per line: a header, then per warning its name and explanation, the
+    message, the evidence (up to `max_points` steps and values) and what to try."""
+    if not warnings:
+        return [("green", "reward-hacking checks: no warnings")]
+    count = f"{len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
+    lines = [("bold yellow", f"reward-hacking checks: {count}")]
+    for warning in warnings:
+        lines.append(("bold yellow", f"  warning [{warning.name}]: {warning.explanation}"))
+        lines.append(("", f"    {warning.message}"))
+        keep = _spread(len(warning.steps), max_points)
+        lines.append(("dim", "    step: " + ", ".join(str(warning.steps[i]) for i in keep)))
+        for name, values in warning.values.items():
+            lines.append(("dim", f"    {name}: " + ", ".join(f"{values[i]:.4g}" for i in keep)))
+        if warning.hint:
+            lines.append(("cyan", f"    try: {warning.hint}"))
+    return lines
+
+
 def format_warnings(warnings: list[HackingWarning], max_points: int = 6) -> str:
     """Plain text for the terminal: one block per warning, with up to `max_points` evidence points."""
-    if not warnings:
-        return "reward-hacking checks: no warnings"
-    lines = [f"reward-hacking checks: {len(warnings)} warning{'s' if len(warnings) > 1 else ''}"]
-    for warning in warnings:
-        lines.append(f"  warning [{warning.name}]: {warning.message}")
-        keep = _spread(len(warning.steps), max_points)
-        lines.append("    step: " + ", ".join(str(warning.steps[i]) for i in keep))
-        for name, values in warning.values.items():
-            lines.append(f"    {name}: " + ", ".join(f"{values[i]:.4g}" for i in keep))
-    return "\n".join(lines)
+    return "\n".join(text for _, text in _styled_lines(warnings, max_points))
+
+
+def print_warnings(warnings: list[HackingWarning], console=None, max_points: int = 6) -> None:
+    """`format_warnings` as one rich block on stderr (or `console`). Lines are never wrapped, so a
+    log stays greppable, and names and values are plain text, never read as rich markup."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console or Console(stderr=True)
+    block = Text("\n").join(Text(text, style=style) for style, text in _styled_lines(warnings, max_points))
+    console.print(block, soft_wrap=True)
 
 
 def _spread(n: int, k: int) -> list[int]:

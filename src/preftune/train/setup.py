@@ -74,15 +74,26 @@ def tokenize_pairs(config: TrainConfig, tokenizer, train: list[PreferencePair], 
 
 
 def finish_run(config: TrainConfig, model, tokenizer, out: Path, summary: dict, truncation: dict | None = None) -> Path:
-    """Write final/ (full model, or the adapter with --lora; plus final/merged with --merge) and summary.json."""
+    """Write final/ (full model, or the adapter with --lora; plus final/merged with --merge), summary.json
+    (with the run's reward-hacking warnings) and report.html; print the warnings last, on stderr."""
     final = save_model(model, tokenizer, out / "final")
     if config.lora and config.merge:
         merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         save_model(merged, tokenizer, out / "final" / "merged")
-    payload = {"final": str(final), "metrics": summary, "truncation": truncation or {}}
+    from ..eval.hacking import check_run, print_warnings
+
+    try:
+        warnings = check_run(out)
+    except Exception as err:  # noqa: BLE001 - a detector bug must not lose a finished run
+        print(f"reward-hacking checks: failed on {out}: {type(err).__name__}: {err}", file=sys.stderr)
+        warnings = None
+    payload = {"final": str(final), "metrics": summary, "truncation": truncation or {},
+               "warnings": None if warnings is None else [w.to_dict() for w in warnings]}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print(f"final model: {final}", file=sys.stderr)
     write_run_report(out)
+    if warnings is not None:
+        print_warnings(warnings)
     return final
 
 

@@ -15,12 +15,15 @@ import functools
 import json
 import math
 import re
-import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from preftune.runlog import read_metrics
+from preftune.eval.hacking import check_metrics
+
+# One reader of run folders, in runlog; `runs.read_samples` / `runs.read_config` stay importable here.
+from preftune.runlog import read_metrics, read_samples
+from preftune.runlog import read_run_config as read_config
 
 Row = dict[str, Any]
 
@@ -138,34 +141,6 @@ def find_run(root: str | Path, run_id: str) -> Path | None:
     return path if _is_run(path) else None
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """config.yaml as a dict ({} when absent or unreadable: a run is still worth showing)."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def read_samples(run_dir: str | Path) -> list[Row]:
-    """samples.jsonl rows (step, prompt, policy, reference, policy_score, reference_score)."""
-    path = Path(run_dir) / "samples.jsonl"
-    if not path.exists():
-        return []
-    samples = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            samples.append(json.loads(line))
-        except json.JSONDecodeError:  # the line being written right now
-            break
-    return samples
-
-
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "summary.json"
     try:
@@ -219,49 +194,29 @@ def final_eval(rows: list[Row], summary: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in sorted(finals.items()) if k not in NOT_CHARTED}
 
 
-# ---- the falling-logps warning ------------------------------------------------------------------
+# ---- reward-hacking warnings ------------------------------------------------------------------
 
 
-def falling_chosen_logps(
-    rows: list[Row], window: int = 20, min_points: int = 6, min_correlation: float = 0.8
-) -> str | None:
-    """A warning when `logps/chosen` falls steadily while `rewards/margins` rises, else None.
+def run_warnings(
+    run_dir: str | Path, rows: list[Row] | None = None, samples: list[Row] | None = None
+) -> list[dict[str, Any]]:
+    """The warnings of `preftune.eval.hacking.check_run` for a run folder, as JSON-ready dicts.
 
-    This is the DPO failure where the loss is satisfied by pushing the rejected response down
-    faster than the chosen one, so both lose probability and the chosen answer is no more likely
-    than before (Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with
-    DPO-Positive"; Razin et al. 2024, "Unintentional Unalignment"). Over the last `window` training
-    rows that carry both metrics (at least `min_points`), "steadily" means a Pearson correlation with
-    the step of at most -min_correlation for logps/chosen and at least +min_correlation for the
-    margins, with logps/chosen ending lower and the margin higher than where the window started.
-    Correlation is scale-free, so the same rule works for any model size and sequence length.
+    The dashboard shows these and the trainers print them at the end of a run (train/setup.py's
+    `finish_run`), so there is one set of detectors. Pass `rows` / `samples` already read from the folder to skip reading them again.
     """
-    points = [
-        (row["step"], row["logps/chosen"], row["rewards/margins"])
-        for row in rows
-        if all(isinstance(row.get(k), int | float) for k in ("step", "logps/chosen", "rewards/margins"))
-    ][-window:]
-    if len(points) < min_points:
-        return None
-    steps, logps, margins = (list(column) for column in zip(*points, strict=True))
-    try:
-        logps_trend = statistics.correlation(steps, logps)
-        margin_trend = statistics.correlation(steps, margins)
-    except statistics.StatisticsError:  # a constant series has no trend
-        return None
-    if (
-        logps_trend > -min_correlation
-        or margin_trend < min_correlation
-        or logps[-1] >= logps[0]
-        or margins[-1] <= margins[0]
-    ):
-        return None
-    return (
-        f"logps/chosen fell from {logps[0]:.2f} to {logps[-1]:.2f} between steps {steps[0]} and {steps[-1]} "
-        f"while rewards/margins rose from {margins[0]:.2f} to {margins[-1]:.2f}: the margin is growing because "
-        "both responses lose probability, the chosen one included. Consider a lower learning rate, a larger "
-        "beta, or an SFT term on the chosen response (--sft-weight)."
-    )
+    rows = read_metrics(run_dir) if rows is None else rows
+    samples = read_samples(run_dir) if samples is None else samples
+    return [w.to_dict() for w in check_metrics(rows, samples, read_config(run_dir))]
+
+
+def falling_chosen_logps(rows: list[Row]) -> str | None:
+    """The message of eval.hacking's `dpo_chosen_logps_falling` warning for these rows, or None.
+
+    Kept for `report.py`, which shows one DPO warning; new callers use `run_warnings`.
+    """
+    found = [w for w in check_metrics(rows) if w.name == "dpo_chosen_logps_falling"]
+    return f"{found[0].message}. {found[0].hint}" if found else None
 
 
 # ---- chart payloads -----------------------------------------------------------------------------

@@ -89,7 +89,8 @@ def run_page(request: Request, run_id: str):
 
 @router.get("/runs/{run_id}/data")
 def run_data(request: Request, run_id: str, since: int = Query(0, ge=0), samples_since: int = Query(0, ge=0)):
-    """New metric rows and samples after the first `since` / `samples_since`, and the warning.
+    """New metric rows and samples after the first `since` / `samples_since`, and the run's
+    reward-hacking warnings (all of them, each time: those of `preftune.eval.hacking.check_run`).
 
     If the file now has fewer rows than the page holds (a resumed run truncates what was logged
     after its checkpoint), `reset` is true and every row is sent again.
@@ -106,7 +107,7 @@ def run_data(request: Request, run_id: str, since: int = Query(0, ge=0), samples
         "samples": samples[samples_since:],
         "samples_total": len(samples),
         "reset": reset,
-        "warning": runs.falling_chosen_logps(rows),
+        "warnings": runs.run_warnings(run_dir, rows, samples),
         "finished": (run_dir / "summary.json").exists(),
     }
 

@@ -8,7 +8,7 @@
   const config = JSON.parse(root.dataset.config);
   const overlay = config.runs.length > 1;
   const runs = config.runs.map(function (run, index) {
-    return { id: run.id, kind: run.kind, index: index, rows: [], samples: [], pickedStep: null, finished: false };
+    return { id: run.id, kind: run.kind, index: index, rows: [], samples: [], pickedStep: null, finished: false, warningsKey: null };
   });
 
   function isNumber(value) { return typeof value === "number" && isFinite(value); }
@@ -87,9 +87,57 @@
     const last = run.rows.length ? run.rows[run.rows.length - 1].step : 0;
     document.getElementById("status-" + run.index).textContent =
       run.rows.length + " rows · step " + last + (data.finished ? " · finished" : " · watching for new rows");
-    const warning = document.getElementById("warning-" + run.index);
-    warning.hidden = !data.warning;
-    warning.textContent = data.warning ? "Warning: " + data.warning : "";
+    showWarnings(run, data.warnings || []);
+  }
+
+  // Up to k indices spread evenly over 0..n-1, first and last included (eval/hacking.py's _spread).
+  function spread(n, k) {
+    if (n <= k) return Array.from({ length: n }, function (_, i) { return i; });
+    const picked = new Set();
+    for (let i = 0; i < k; i++) picked.add(Math.round(i * (n - 1) / (k - 1)));
+    return Array.from(picked).sort(function (a, b) { return a - b; });
+  }
+
+  function element(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined) node.textContent = text;
+    if (className) node.className = className;
+    return node;
+  }
+
+  // The run's reward-hacking warnings (eval/hacking.py): name and meaning, what was seen, the
+  // evidence (steps and values), what to try. Redrawn only when they change.
+  function showWarnings(run, warnings) {
+    const box = document.getElementById("warnings-" + run.index);
+    const key = JSON.stringify(warnings);
+    if (key === run.warningsKey) return;
+    run.warningsKey = key;
+    box.replaceChildren();
+    box.hidden = warnings.length === 0;
+    warnings.forEach(function (warning) {
+      const div = element("div", undefined, "flag run-warning");
+      div.dataset.warning = warning.name;
+      const title = element("p");
+      title.appendChild(element("strong", "Warning: " + warning.name));
+      title.appendChild(document.createTextNode(" — " + warning.explanation));
+      div.appendChild(title);
+      div.appendChild(element("p", warning.message, "warning-message"));
+      const keep = spread(warning.steps.length, 8);
+      const table = element("table", undefined, "evidence");
+      const rows = [["step", warning.steps.map(String)]];
+      Object.keys(warning.values).forEach(function (name) {
+        rows.push([name, warning.values[name].map(function (v) { return isNumber(v) ? v.toPrecision(4) : "—"; })]);
+      });
+      rows.forEach(function (row) {
+        const tr = element("tr");
+        tr.appendChild(element("th", row[0]));
+        keep.forEach(function (i) { tr.appendChild(element("td", row[1][i])); });
+        table.appendChild(tr);
+      });
+      div.appendChild(table);
+      if (warning.hint) div.appendChild(element("p", "Try: " + warning.hint, "warning-hint"));
+      box.appendChild(div);
+    });
   }
 
   function poll(run) {
