@@ -116,6 +116,7 @@ def _warm_up(model) -> None:
     import torch
 
     ids = torch.randint(3, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(next(model.parameters()).device)  # --device cuda: warm up the GPU, not the CPU
     model.train()
     model(input_ids=ids, labels=ids).loss.backward()
     model.zero_grad(set_to_none=True)
@@ -130,9 +131,11 @@ def worker_ours(args) -> dict:
     from preftune.runlog import read_metrics
     from preftune.train import common
 
-    warm, _ = load_policy("smollm2-135m")
+    warm, _ = load_policy(args.model, device=args.device)
     _warm_up(warm)
     del warm
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-ours-"))
     common.reference_cache_dir = lambda: work / "refcache"  # never reuse a cache: the precompute is timed
     marks: dict[str, float] = {}
@@ -148,10 +151,10 @@ def worker_ours(args) -> dict:
 
     dpo_module.compute_pair_logprobs, common.save_checkpoint = timed_precompute, timed_save
     config = resolve_config(DPOConfig, None, dict(
-        model="smollm2-135m", data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
+        model=args.model, data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
         lr=LEARNING_RATE, beta=BETA, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         seed=SEED, keep_last=1, batching=args.batching, pack_length=args.pack_length,
-        activation_checkpointing=args.checkpointing,
+        activation_checkpointing=args.checkpointing, device=args.device, precision=args.precision,
     ))  # fmt: skip
     dpo_module.train_dpo(config, show_progress=False)
     rows = [r for r in read_metrics(work / "run") if "loss" in r]
@@ -162,7 +165,14 @@ def worker_ours(args) -> dict:
         "step1_loss": rows[0]["loss"],
         "step1_logps_chosen": rows[0]["logps/chosen"],
         "threads": torch.get_num_threads(),
-    }
+    } | _gpu_memory(args)
+
+
+def _gpu_memory(args) -> dict:
+    """Peak GPU memory of the timed run (--device cuda only; the CPU runs report peak RSS)."""
+    import torch
+
+    return {"peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30} if args.device == "cuda" else {}
 
 
 def worker_trl(args, defaults: bool) -> dict:
@@ -175,10 +185,13 @@ def worker_trl(args, defaults: bool) -> dict:
     from preftune.models.smollm2 import ensure_smollm2
     from preftune.train.common import DataOrder
 
-    folder = ensure_smollm2()  # the same fp32 safetensors folder `load_policy("smollm2-135m")` reads
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # The same fp32 safetensors folder `load_policy("smollm2-135m")` reads, or --model's folder.
+    folder = ensure_smollm2() if args.model == "smollm2-135m" else args.model
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(args.device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     _warm_up(model)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     pairs, _ = read_pairs(args.data)
     # Our loop's epoch-0 order, read sequentially by TRL: step k sees the same pairs in both.
     order = DataOrder(len(pairs), SEED)._epoch_order(0)
@@ -192,12 +205,12 @@ def worker_trl(args, defaults: bool) -> dict:
     ]
     work = tempfile.mkdtemp(prefix="bench-dpo-trl-")
     speed = (
-        {} if defaults else {"bf16": False, "gradient_checkpointing": False}
-    )  # TRL's CPU-hostile defaults off
+        {} if defaults else {"bf16": args.precision == "bf16", "gradient_checkpointing": False}
+    )  # TRL's CPU-hostile defaults off (bf16 autocast kept with --precision bf16, as ours)
     config = trl.DPOConfig(
         output_dir=work, per_device_train_batch_size=args.batch_size, num_train_epochs=1, learning_rate=LEARNING_RATE,
         beta=BETA, max_length=args.max_length, logging_steps=1, report_to="none", save_strategy="no", seed=SEED,
-        use_cpu=True, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
+        use_cpu=args.device == "cpu", lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
         train_sampling_strategy="sequential", dataloader_num_workers=0, **speed,
     )  # fmt: skip
     trainer = trl.DPOTrainer(
@@ -216,7 +229,7 @@ def worker_trl(args, defaults: bool) -> dict:
         "threads": torch.get_num_threads(),
         "bf16": config.bf16,
         "gradient_checkpointing": config.gradient_checkpointing,
-    }
+    } | _gpu_memory(args)
 
 
 def run_worker(kind: str, data: Path, args, limit: int | None = None, script: str = __file__) -> dict:
@@ -239,6 +252,9 @@ def run_worker(kind: str, data: Path, args, limit: int | None = None, script: st
                "--pack-length", str(args.pack_length)]  # fmt: skip
     if hasattr(args, "max_prompt_length"):
         command += ["--max-prompt-length", str(args.max_prompt_length)]
+    for flag in ("model", "device", "precision"):
+        if hasattr(args, flag):
+            command += [f"--{flag}", str(getattr(args, flag))]
     log = out.with_suffix(".log")
     with log.open("w") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
@@ -271,31 +287,41 @@ def worker_main(args) -> None:
 # ----------------------------------------------------------------------------- report
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 8) -> float:
-    """Best-of fp32 matmul rate on this machine now (the MFU denominator)."""
+def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 8, device: str = "cpu") -> float:
+    """Best-of fp32 matmul rate on this machine now (the MFU denominator); with `device="cuda"`,
+    the bf16 rate of an 8192-cube product on the GPU (what bf16 autocast runs)."""
     import torch
 
     _set_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    if device == "cuda":
+        size = max(size, 8192)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
 
-def smollm2_parameters() -> int:
+def smollm2_parameters(folder: str | None = None) -> int:
+    """Parameters of SmolLM2-135M, or of the Llama-architecture model in `folder` (--model)."""
     import json as _json
 
     from preftune.models.smollm2 import ensure_smollm2
 
-    c = _json.loads((ensure_smollm2() / "config.json").read_text())
+    c = _json.loads(((Path(folder) if folder else ensure_smollm2()) / "config.json").read_text())
     h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
-    kv = c["num_key_value_heads"] * c["head_dim"]
+    kv = c["num_key_value_heads"] * (c.get("head_dim") or h // c["num_attention_heads"])
     per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h  # q, o; k, v; MLP; two norms
-    return layers * per_layer + h + v * h  # + final norm + (tied) LM head
+    untied = 0 if c.get("tie_word_embeddings", True) else v * h
+    return layers * per_layer + h + v * h + untied  # + final norm + (tied) LM head
 
 
 def summarise(
@@ -318,7 +344,7 @@ def summarise(
         "step1_logps_chosen": best["step1_logps_chosen"],
         "pairs": best["pairs"],
         "tokens": best["tokens"],
-    }
+    } | ({"peak_gpu_gb": max(r["peak_gpu_gb"] for r in done)} if "peak_gpu_gb" in best else {})
 
 
 def measure(
@@ -422,6 +448,11 @@ def main() -> None:
     )
     parser.add_argument("--no-trl", action="store_true", help="ours only (quick checks)")
     parser.add_argument("--json", help="write the summary here too")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="policy for both trainers: smollm2-135m or a local model folder (bench/gpu_check.sh makes random-init ones)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both trainers run")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="ours: --precision; TRL: bf16=True (autocast over fp32 weights, as ours)")
     add_worker_arguments(parser)
     args = parser.parse_args()
     if args.worker:
@@ -430,8 +461,8 @@ def main() -> None:
     files = write_datasets(
         Path(tempfile.mkdtemp(prefix="bench-dpo-data-")), args.datasets.split(","), args.pairs
     )
-    parameters = smollm2_parameters()
-    peaks = [matmul_peak_gflops(args.threads)]
+    parameters = smollm2_parameters(None if args.model == "smollm2-135m" else args.model)
+    peaks = [matmul_peak_gflops(args.threads, device=args.device)]
     kinds = [f"ours:{variant}" for variant in args.ours.split(",") if variant] + (
         [] if args.no_trl else ["trl"]
     )
@@ -443,10 +474,12 @@ def main() -> None:
                 run_worker("trl-defaults", data, args, limit=args.trl_defaults_pairs)
             ]
         kinds.append("trl-defaults")
-    peaks.append(matmul_peak_gflops(args.threads))
+    peaks.append(matmul_peak_gflops(args.threads, device=args.device))
     peak = max(peaks)
-    title = (f"\nDPO, SmolLM2-135M fp32 CPU, batch {args.batch_size}, max length {args.max_length}, {args.pairs} pairs per set, "
-             f"{args.rounds} round(s); fp32 matmul peak {peak:.0f} GFLOP/s (measured at start and end: "
+    setup = "SmolLM2-135M fp32 CPU" if (args.model, args.device, args.precision) == ("smollm2-135m", "cpu", "fp32") \
+        else f"{args.model} {args.precision} {args.device.upper()}"  # fmt: skip
+    title = (f"\nDPO, {setup}, batch {args.batch_size}, max length {args.max_length}, {args.pairs} pairs per set, "
+             f"{args.rounds} round(s); {'bf16' if args.device == 'cuda' else 'fp32'} matmul peak {peak:.0f} GFLOP/s (measured at start and end: "
              f"{', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
     summary = report(title, files, kinds, runs, peak, parameters, 8, "step-1 logp_c")
     if args.json:

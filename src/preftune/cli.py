@@ -55,8 +55,23 @@ def user_errors(command):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except Exception as err:
+            # Under torchrun: a collective that failed because another worker died or hung.
+            explained = _distributed_failure(err)
+            if explained is None:
+                raise
+            typer.echo(f"error: {explained}", err=True)
+            raise typer.Exit(1) from None
 
     return run
+
+
+def _distributed_failure(err: BaseException) -> str | None:
+    if "torch.distributed" not in sys.modules:  # no training ran: nothing distributed to explain
+        return None
+    from .train.distributed import describe_failure
+
+    return describe_failure(err)
 
 
 def _version(value: bool) -> None:
@@ -233,7 +248,12 @@ def add_config_command(name: str, config_class: type, run: typing.Callable, summ
     def command(config_file: Path | None = None, **flags):
         from .config import resolve_config
 
-        return run(resolve_config(config_class, config_file, flags))
+        result = run(resolve_config(config_class, config_file, flags))
+        if "torch.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
+            from .train.distributed import shutdown
+
+            shutdown()
+        return result
 
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = summary

@@ -209,6 +209,12 @@ class TrainConfig:
     batching: typing.Literal["fast", "padded"] = setting("fast", help="Pair layout: fast (prefix-shared, packed, LM head only on completions) or padded (the plain reference layout).")
     pack_length: int = setting(0, help="With --batching fast, tokens per packed row (0: as long as the longest pair in the batch; 1: one pair per row, no packing).")
     activation_checkpointing: typing.Literal["off", "selective", "full"] = setting("off", help="Recompute activations in the backward pass to save memory: selective (element-wise ops only; about half the activation memory, little time) or full (whole blocks; least memory, about 1/3 slower).")
+    fsdp: bool = setting(False, help="Under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2) instead of replicating them (DDP, the default); a no-op in one process.")
+    fsdp_offload: bool = setting(False, help="With --fsdp on CUDA, keep the sharded parameters, gradients and optimizer state in CPU memory (slower; for models that do not fit).")
+    dist_backend: str = setting("auto", help="Under torchrun: auto (nccl on CUDA, gloo on CPU), nccl or gloo.")
+    dist_timeout: float = setting(1800.0, help="Under torchrun, seconds a collective operation waits for the other processes before the run fails (a dead or hung worker then ends it with an error, not a hang).")
+    compile: bool = setting(False, help="torch.compile each transformer block (worth it on CUDA; the first steps are slow while it compiles).")
+    tf32: bool = setting(True, help="On CUDA, let fp32 matmuls use TF32 tensor cores (Ampere and newer); no effect on CPU.")
 
 
 @dataclass

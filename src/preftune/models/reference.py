@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def load_or_precompute(
         return PrecomputedReference(saved["chosen_logps"], saved["rejected_logps"]), True
     chosen, rejected = compute()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks on several nodes may race
     torch.save({"chosen_logps": chosen, "rejected_logps": rejected}, tmp)
     tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
     return PrecomputedReference(chosen, rejected), False

@@ -18,6 +18,7 @@ import torch
 
 from ..config import TrainConfig, save_config
 from ..models.load import atomic_folder, cache_dir, write_pretrained
+from . import distributed
 
 # ---- device and precision ---------------------------------------------------------------------
 
@@ -152,36 +153,62 @@ def save_checkpoint(
     keep_last: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """checkpoints/step-N/: a loadable HF model plus `trainer_state.pt` for exact resume."""
+    """checkpoints/step-N/: a loadable HF model plus `trainer_state.pt` for exact resume.
+
+    Under torchrun every rank calls this and rank 0 writes. With FSDP the weights are gathered to
+    rank 0 for the HF model, and weights plus optimizer state are also written sharded, by every
+    rank, into `distributed/` (torch.distributed.checkpoint), which resumes on any process count.
+    """
     final = Path(out_dir) / "checkpoints" / f"step-{step}"
-    with atomic_folder(final) as tmp:
-        write_pretrained(model, tokenizer, tmp)
-        save_config(config, tmp / "preftune.yaml")
-        state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "data_position": data_order.position,
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-            "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-            "extra": extra or {},
-        }
-        if torch.cuda.is_available():
-            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(state, tmp / "trainer_state.pt")
-    for old in checkpoint_dirs(out_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    sharded = distributed.is_sharded(model)
+    plain = distributed.unsharded_model(model)  # the model itself, unless FSDP sharded it
+    shards = final.parent / f".{final.name}.shards"
+    if sharded:
+        if distributed.is_main():
+            shutil.rmtree(shards, ignore_errors=True)  # left by a crash during an earlier save
+        distributed.barrier()
+        distributed.save_sharded(shards, model, optimizer)
+    if distributed.is_main():
+        with atomic_folder(final) as tmp:
+            write_pretrained(plain, tokenizer, tmp)
+            save_config(config, tmp / "preftune.yaml")
+            state = {
+                "step": step,
+                "scheduler": scheduler.state_dict(),
+                "data_position": data_order.position,
+                "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+                "extra": extra or {},
+            }
+            if sharded:
+                shards.rename(tmp / "distributed")
+            else:
+                state["optimizer"] = optimizer.state_dict()
+                state["trainable"] = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            if torch.cuda.is_available():
+                state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            torch.save(state, tmp / "trainer_state.pt")
+        for old in checkpoint_dirs(out_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()  # nobody reads or resumes a checkpoint before it is complete
     return final
 
 
 def restore_checkpoint(checkpoint: Path, model, optimizer, scheduler, data_order: DataOrder) -> dict[str, Any]:
-    """Load trainable weights, optimizer, scheduler, data position and RNG states; returns state."""
+    """Load trainable weights, optimizer, scheduler, data position and RNG states; returns state.
+
+    A checkpoint written under FSDP (`distributed/`) loads into any number of processes, sharded
+    or not; one written without FSDP loads into an FSDP-sharded model too."""
     state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            params[name].copy_(value.to(params[name].device))
-    optimizer.load_state_dict(state["optimizer"])
+    if (checkpoint / "distributed").is_dir():
+        distributed.load_sharded(checkpoint / "distributed", model, optimizer)
+    elif distributed.is_sharded(model):
+        distributed.load_full_into_sharded(model, optimizer, state["trainable"], state["optimizer"])
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value.to(params[name].device))
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     data_order.position = state["data_position"]
     random.setstate(state["rng"]["python"])
@@ -246,6 +273,12 @@ class StopRequest:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def agree(self) -> None:
+        """Under torchrun: once any rank has a signal, every rank stops after the same step (the
+        checkpoint that follows is a collective). Call once per step, on every rank."""
+        if distributed.any_rank(self.requested is not None) and self.requested is None:
+            self.requested = "SIGTERM"
 
 
 # ---- progress ---------------------------------------------------------------------------------

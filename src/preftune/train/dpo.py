@@ -28,7 +28,7 @@ from ..models.reference import (
     weights_fingerprint,
 )
 from ..runlog import RunLog
-from . import common
+from . import common, distributed
 from .setup import finish_run, load_model_for_training, load_pair_splits, tokenize_pairs
 
 
@@ -49,7 +49,8 @@ def resolve_reference_mode(config: DPOConfig) -> str | None:
 
 def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     """Run DPO as configured; returns the run folder. Raises ValueError on bad settings."""
-    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     ref_mode = resolve_reference_mode(config)
     device = common.pick_device(config.device)
     precision = common.pick_precision(device, config.precision)
@@ -90,8 +91,10 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
         print(f"dpo: reference log-probs for {len(tokens)} {split} pairs {'from cache' if cached else 'precomputed'} ({key})", file=sys.stderr)
         return reference
 
-    train_reference = make_reference(train_tokens, "train")
-    eval_reference = make_reference(eval_tokens, "eval")
+    with distributed.main_first():  # rank 0 fills the reference cache, the others then read it
+        train_reference = make_reference(train_tokens, "train")
+        eval_reference = make_reference(eval_tokens, "eval")
+    runner = distributed.wrap_model(policy, config, device, precision)  # DDP / FSDP under torchrun
 
     loss_fn = DPO_LOSSES[config.loss]
     loss_options = {name: getattr(config, name) for name in DPO_LOSS_OPTIONS[config.loss]}
@@ -99,7 +102,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     def forward(tokens, indices, reference):
         batch = collate_pairs([tokens[i] for i in indices], pad_id, config.batching, config.pack_length).to(device)
         with autocast():
-            policy_out = pair_logprobs(policy, batch)
+            policy_out = runner(pair_logprobs, policy, batch)
         ref_chosen, ref_rejected = reference(batch, indices) if reference else (None, None)
         losses, metrics = loss_fn(
             policy_out["chosen_logps"], policy_out["rejected_logps"], ref_chosen, ref_rejected,
@@ -131,7 +134,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     optimizer = common.make_optimizer(policy, config.lr, config.weight_decay)
     scheduler = common.make_scheduler(optimizer, config.scheduler, common.warmup_steps_of(config, total_steps), total_steps)
     order = common.DataOrder(len(train_tokens), config.seed)
-    log = RunLog(out, config, config.report_to)
+    log = RunLog(out, config, config.report_to, enabled=distributed.is_main())
     start_step, tokens_seen = 0, 0
     if config.resume:
         start_step, extra = common.resume_latest(out, policy, optimizer, scheduler, order, log)
@@ -147,14 +150,16 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
         try:
             while step < total_steps:
                 step_metrics: dict[str, float] = {}
-                for _ in range(config.grad_accum):
-                    indices = order.take(config.batch_size)
+                for micro in range(config.grad_accum):
+                    distributed.sync_gradients(runner, micro == config.grad_accum - 1)
+                    indices = distributed.shard(order.take(config.batch_size))  # this rank's slice
                     loss, metrics = forward(train_tokens, indices, train_reference)
                     common.check_finite(loss, step + 1, out)
                     (loss / config.grad_accum).backward()
                     for name, value in metrics.items():  # mean over micro-batches (sum for counts)
                         share = value if name == "num_tokens" else value / config.grad_accum
                         step_metrics[name] = step_metrics.get(name, 0.0) + share
+                step_metrics = distributed.all_reduce_metrics(step_metrics | distributed.memory_metrics(device))
                 tokens_seen += int(step_metrics["num_tokens"])
                 step_metrics["num_tokens"] = tokens_seen  # cumulative, as TRL logs it
                 step_metrics["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
@@ -163,6 +168,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                stop.agree()
                 step_metrics["epoch"] = order.epoch
                 last_metrics = step_metrics
                 if config.eval_every and eval_tokens and step % config.eval_every == 0 and step < total_steps:
@@ -182,7 +188,9 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     if final_metrics:
         log.log(step, final_metrics)
     common.save_checkpoint(out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, {"tokens_seen": tokens_seen})
-    finish_run(config, policy, tokenizer, out, final_metrics | {"train/" + k: v for k, v in last_metrics.items()},
-               truncation=truncation)  # fmt: skip
+    final_model = distributed.unsharded_model(policy)  # FSDP: the gathered weights, on rank 0
+    if distributed.is_main():
+        finish_run(config, final_model, tokenizer, out, final_metrics | {"train/" + k: v for k, v in last_metrics.items()},
+                   truncation=truncation)  # fmt: skip
     log.close()
     return out

@@ -25,11 +25,11 @@ import torch
 from ..config import ConfigError, PPOConfig
 from ..data.formats import read_prompts
 from ..data.schema import DataError, Message
-from ..losses.advantages import gae, masked_whiten
+from ..losses.advantages import gae
 from ..losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_k1, kl_penalized_rewards
 from ..losses.ppo import clipped_policy_loss, clipped_value_loss
 from ..runlog import RunLog
-from . import common
+from . import common, distributed
 from .rollout import (
     RolloutBatch,
     model_logprobs,
@@ -48,6 +48,7 @@ from .setup import finish_run, load_model_for_training
 # (seed, iteration), so a resumed run draws exactly what the uninterrupted one would have.
 _ITERATION_STRIDE = 1_000_003
 _EVAL_SEED_OFFSET = 7_919
+_RANK_SEED_OFFSET = 104_729  # under torchrun each rank samples with its own noise
 
 
 def validate(config: PPOConfig) -> None:
@@ -63,6 +64,8 @@ def validate(config: PPOConfig) -> None:
         ("--target-kl", config.target_kl >= 0, "must be >= 0 (0: fixed --kl-coef)"),
         ("--rollout-batch", config.rollout_batch >= 1 and config.rollout_batch % minibatch == 0,
          f"must be a positive multiple of --batch-size x --grad-accum = {minibatch}, got {config.rollout_batch}"),
+        ("--fsdp", not config.fsdp, "not supported by ppo (sampling would have to step every rank in "
+         "lockstep); use DDP, the default under torchrun"),
     ]  # fmt: skip
     for flag, ok, reason in checks:
         if not ok:
@@ -139,11 +142,20 @@ def value_state(value_fn: ValueFunction) -> dict[str, torch.Tensor]:
 
 
 def train_ppo(
-    config: PPOConfig, reward_fn: Callable[[str, str], float] | None = None, show_progress: bool | None = None
+    config: PPOConfig,
+    reward_fn: Callable[[str, str], float] | None = None,
+    show_progress: bool | None = None,
+    gold=None,
 ) -> Path:
-    """Run PPO as configured; returns the run folder. `reward_fn(prompt, response)` replaces --reward."""
+    """Run PPO as configured; returns the run folder. `reward_fn(prompt, response)` replaces --reward.
+
+    `gold` (a registry `Judge` or a `(prompt, response)` callable) is a held-out judge that also
+    scores every rollout, logged as `objective/gold_scores`; it never enters the reward. A proxy
+    score rising while the gold one stalls is over-optimisation (`preftune demo --ppo` shows it).
+    """
     validate(config)
-    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     warn_if_truncated_sampling(config.top_k, config.top_p)
     device = common.pick_device(config.device)
     precision = common.pick_precision(device, config.precision)
@@ -232,12 +244,13 @@ def train_ppo(
 
     # -- optimizer, schedule, resume (schedule and checkpoints count iterations) -----------------
     trainable = torch.nn.ModuleDict({"policy": policy, "value": value_fn})
+    runner = distributed.wrap_model(trainable, config, device, precision)  # DDP under torchrun
     optimizer = common.make_optimizer(trainable, config.lr, config.weight_decay)
     scheduler = common.make_scheduler(
         optimizer, config.scheduler, common.warmup_steps_of(config, config.iterations), config.iterations
     )
     order = common.DataOrder(len(train_prompts), config.seed)
-    log = RunLog(out, config, config.report_to)
+    log = RunLog(out, config, config.report_to, enabled=distributed.is_main())
     start_step = 0
     if config.resume:
         start_step, extra = common.resume_latest(out, policy, optimizer, scheduler, order, log)
@@ -265,9 +278,10 @@ def train_ppo(
         try:
             while step < config.iterations:
                 iteration = step + 1
-                # 1. rollout
-                prompts = [train_prompts[i] for i in order.take(config.rollout_batch)]
-                rollout = sample_from(False, prompts, config.seed * _ITERATION_STRIDE + iteration)
+                # 1. rollout (under torchrun: this rank's slice of the prompts, its own samples)
+                prompts = [train_prompts[i] for i in distributed.shard(order.take(config.rollout_batch))]
+                seed = config.seed * _ITERATION_STRIDE + iteration + distributed.rank() * _RANK_SEED_OFFSET
+                rollout = sample_from(False, prompts, seed)
                 batch, mask = rollout.batch.to(device), rollout.batch.response_mask.to(device)
                 # 2. score
                 raw_scores = torch.tensor(
@@ -286,12 +300,14 @@ def train_ppo(
                     rewards, objective = kl_penalized_rewards(
                         scores, old_logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator
                     )
+                    # All ranks' KL drives the controller, so kl_coef stays the same everywhere.
+                    objective = distributed.all_reduce_metrics({k: float(v) for k, v in objective.items()})
                     advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-                    advantages = masked_whiten(advantages, mask)
+                    advantages = distributed.masked_whiten(advantages, mask)  # over all ranks' tokens
                 # 5. PPO epochs over shuffled minibatches
                 update_started = time.perf_counter()
-                update = ppo_update(config, optimizer, trainable, policy_and_values, batch, mask, old_logprobs,
-                                    old_values, advantages, returns, iteration, out)  # fmt: skip
+                update = ppo_update(config, optimizer, trainable, lambda b: runner(policy_and_values, b), batch, mask,
+                                    old_logprobs, old_values, advantages, returns, iteration, out)  # fmt: skip
                 kl_control.update(float(objective["objective/kl"]), config.rollout_batch)
                 lengths = mask.sum(-1).float()
                 metrics = {k: float(v) for k, v in objective.items()} | update | {
@@ -307,8 +323,13 @@ def train_ppo(
                 }  # fmt: skip
                 if config.normalize_scores or config.score_clip > 0 or config.missing_eos_penalty:
                     metrics["objective/shaped_scores"] = float(objective["objective/scores"])
+                if gold is not None:
+                    gold_scores = score_responses(gold, prompts, rollout.texts)
+                    metrics["objective/gold_scores"] = sum(gold_scores) / len(gold_scores)
+                metrics = distributed.all_reduce_metrics(metrics | distributed.memory_metrics(device))
                 scheduler.step()
                 step = iteration
+                stop.agree()
                 if (
                     config.eval_every
                     and eval_prompts
@@ -334,7 +355,8 @@ def train_ppo(
     if final_metrics:
         log.log(step, final_metrics)
     checkpoint(step)
-    finish_run(config, policy, tokenizer, out, final_metrics | {"train/" + k: v for k, v in metrics.items()})
+    if distributed.is_main():
+        finish_run(config, policy, tokenizer, out, final_metrics | {"train/" + k: v for k, v in metrics.items()})
     log.close()
     return out
 
@@ -347,15 +369,17 @@ def ppo_update(config, optimizer, trainable, policy_and_values, batch, mask, old
     --max-approx-kl: the clipped objective is a trust region only while the policy stays close.
     """
     generator = torch.Generator().manual_seed(config.seed * _ITERATION_STRIDE + iteration)
-    rows, minibatch = len(batch.input_ids), config.batch_size * config.grad_accum
+    # Under torchrun the sizes are global: each rank updates on its share of every minibatch.
+    micro_batch = config.batch_size // distributed.world_size()
+    rows, minibatch = len(batch.input_ids), micro_batch * config.grad_accum
     totals: dict[str, float] = {}
     updates = 0
     for _ in range(config.ppo_epochs):
         permutation = torch.randperm(rows, generator=generator).to(mask.device)
         for start in range(0, rows, minibatch):
             step_metrics: dict[str, float] = {}
-            for micro in range(start, start + minibatch, config.batch_size):
-                index = permutation[micro : micro + config.batch_size]
+            for micro in range(start, start + minibatch, micro_batch):
+                index = permutation[micro : micro + micro_batch]
                 new_logprobs, new_values = policy_and_values(batch.rows(index))
                 policy_loss, policy_metrics = clipped_policy_loss(
                     new_logprobs, old_logprobs[index], advantages[index], mask[index], config.clip_range
@@ -373,7 +397,8 @@ def ppo_update(config, optimizer, trainable, policy_and_values, batch, mask, old
             updates += 1
             for name, value in step_metrics.items():
                 totals[name] = totals.get(name, 0.0) + value
-            if config.max_approx_kl > 0 and step_metrics["policy/approxkl_avg"] > config.max_approx_kl:
+            # The same decision on every rank (they must take the same number of optimizer steps).
+            if config.max_approx_kl > 0 and distributed.mean_over_ranks(step_metrics["policy/approxkl_avg"]) > config.max_approx_kl:
                 return {k: v / updates for k, v in totals.items()} | {
                     "policy/updates": updates,
                     "policy/early_stopped": 1,

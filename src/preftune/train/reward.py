@@ -26,7 +26,7 @@ from ..models.checkpointing import enable_activation_checkpointing
 from ..models.load import LoraSettings
 from ..models.reward_model import ScalarHeadModel, from_causal_lm, reward_of_sequences
 from ..runlog import RunLog
-from . import common
+from . import common, distributed
 from .setup import finish_run, load_pair_splits, tokenize_pairs
 
 
@@ -56,7 +56,8 @@ def _merge_step_metrics(into: dict[str, float], metrics: dict[str, float], micro
 
 def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> Path:
     """Train a reward model as configured; returns the run folder (final model in `final/`)."""
-    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     device = common.pick_device(config.device)
     precision = common.pick_precision(device, config.precision)
     common.seed_everything(config.seed)
@@ -86,11 +87,12 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
     train_tokens, eval_tokens, truncation = tokenize_pairs(config, tokenizer, train_pairs, eval_pairs)
     pad_id = tokenizer.pad_token_id
     autocast = lambda: common.autocast(device, precision)  # noqa: E731
+    runner = distributed.wrap_model(model, config, device, precision)  # DDP / FSDP under torchrun
 
     def rewards_of(tokens: list[TokenizedPair], indices: list[int]):
         batch = collate_pairs([tokens[i] for i in indices], pad_id, config.batching, config.pack_length).to(device)
         with autocast():
-            chosen, rejected = pair_rewards(model, batch)
+            chosen, rejected = runner(pair_rewards, model, batch)
         # Pairs without a margin get 0 (collate_pairs fills them) so one batch can mix both.
         margins = batch.margins if config.use_margin else None
         return chosen, rejected, margins, batch.sequences.num_tokens
@@ -125,7 +127,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
         optimizer, config.scheduler, common.warmup_steps_of(config, total_steps), total_steps
     )
     order = common.DataOrder(len(train_tokens), config.seed)
-    log = RunLog(out, config, config.report_to)
+    log = RunLog(out, config, config.report_to, enabled=distributed.is_main())
     start_step, tokens_seen = 0, 0
     if config.resume:
         start_step, extra = common.resume_latest(out, model, optimizer, scheduler, order, log)
@@ -141,12 +143,14 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
         try:
             while step < total_steps:
                 step_metrics: dict[str, float] = {}
-                for _ in range(config.grad_accum):
-                    indices = order.take(config.batch_size)
+                for micro in range(config.grad_accum):
+                    distributed.sync_gradients(runner, micro == config.grad_accum - 1)
+                    indices = distributed.shard(order.take(config.batch_size))  # this rank's slice
                     loss, metrics = forward(train_tokens, indices)
                     common.check_finite(loss, step + 1, out)
                     (loss / config.grad_accum).backward()
                     _merge_step_metrics(step_metrics, metrics, config.grad_accum)
+                step_metrics = distributed.all_reduce_metrics(step_metrics | distributed.memory_metrics(device))
                 tokens_seen += int(step_metrics["num_tokens"])
                 step_metrics["num_tokens"] = tokens_seen  # cumulative, as TRL logs it
                 step_metrics["grad_norm"] = common.grad_norm_and_clip(model, config.max_grad_norm)
@@ -155,6 +159,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                stop.agree()
                 step_metrics["epoch"] = order.epoch
                 last_metrics = step_metrics
                 if config.eval_every and eval_tokens and step % config.eval_every == 0 and step < total_steps:
@@ -185,8 +190,10 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
               f"(mean margin {final_metrics['eval/margin']:.4f})", file=sys.stderr)  # fmt: skip
     common.save_checkpoint(out, step, model, tokenizer, optimizer, scheduler, order, config, config.keep_last,
                            {"tokens_seen": tokens_seen})  # fmt: skip
-    finish_run(config, model, tokenizer, out, final_metrics | {"train/" + k: v for k, v in last_metrics.items()},
-               truncation=truncation)  # fmt: skip
+    final_model = distributed.unsharded_model(model)  # FSDP: the gathered weights, on rank 0
+    if distributed.is_main():
+        finish_run(config, final_model, tokenizer, out, final_metrics | {"train/" + k: v for k, v in last_metrics.items()},
+                   truncation=truncation)  # fmt: skip
     log.close()
     return out
 

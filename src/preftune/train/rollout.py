@@ -20,8 +20,8 @@ import torch
 
 from ..data.schema import Message
 from ..generate import generate_completions
-from ..losses.advantages import masked_whiten
 from ..models.logprobs import token_logprobs
+from .distributed import masked_whiten  # losses.advantages' own, over all ranks under torchrun
 
 # A plain reward: (prompt text, response text) -> score. Judges from the registry also qualify.
 Reward = Callable[[str, str], float]
@@ -187,7 +187,7 @@ def shape_scores(
 ) -> torch.Tensor:
     """The score PPO optimises: minus a penalty where no EOS closed the completion (it was cut at
     --max-new-tokens; TRL's `missing_eos_penalty`), clipped to [-c, c], optionally whitened over
-    the batch (mean 0, std 1: the scale of the judge then stops mattering)."""
+    the batch, all ranks' rows under torchrun (mean 0, std 1: the judge's scale then stops mattering)."""
     scores = raw - missing_eos_penalty * (~ended).to(raw.dtype)
     if score_clip > 0:
         scores = scores.clamp(-score_clip, score_clip)

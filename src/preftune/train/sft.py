@@ -21,12 +21,13 @@ from ..data.formats import read_sft_examples
 from ..data.tokenize import PairTokenizer
 from ..models.logprobs import batch_logprobs
 from ..runlog import RunLog
-from . import common
+from . import common, distributed
 from .setup import finish_run, load_model_for_training
 
 
 def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
-    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     device = common.pick_device(config.device)
     precision = common.pick_precision(device, config.precision)
     common.seed_everything(config.seed)
@@ -42,13 +43,15 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
     train_rows = [pair_tokenizer.encode_example(p, r)[:2] for p, r in examples]
     eval_rows = [pair_tokenizer.encode_example(p, r)[:2] for p, r in held_out]
     pad_id = tokenizer.pad_token_id
+    runner = distributed.wrap_model(policy, config, device, precision)  # DDP / FSDP under torchrun
 
     def forward(rows, indices):
         batch = collate_sequences([rows[i] for i in indices], pad_id).to(device)
         with common.autocast(device, precision):
-            logps, counts = batch_logprobs(policy, batch)
-        # Token-weighted mean NLL over the micro-batch: every response token counts the same.
-        loss = -logps.sum() / counts.sum()
+            logps, counts = runner(batch_logprobs, policy, batch)
+        # Token-weighted mean NLL over the micro-batch: every response token counts the same, on
+        # every rank too (the share of all ranks' tokens; exactly counts.sum() in one process).
+        loss = -logps.sum() / distributed.per_rank_share(counts.sum())
         return loss, {"loss": float(loss.detach()), "num_tokens": batch.num_tokens}
 
     @torch.no_grad()
@@ -57,7 +60,7 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
         nll, tokens = 0.0, 0.0
         for start in range(0, len(eval_rows), config.batch_size):
             batch = collate_sequences(eval_rows[start : start + config.batch_size], pad_id).to(device)
-            logps, counts = batch_logprobs(policy, batch)
+            logps, counts = runner(batch_logprobs, policy, batch)
             nll, tokens = nll - float(logps.sum()), tokens + float(counts.sum())
         policy.train()
         return {"eval/loss": nll / tokens}
@@ -67,7 +70,7 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
     optimizer = common.make_optimizer(policy, config.lr, config.weight_decay)
     scheduler = common.make_scheduler(optimizer, config.scheduler, common.warmup_steps_of(config, total_steps), total_steps)
     order = common.DataOrder(len(train_rows), config.seed)
-    log = RunLog(out, config, config.report_to)
+    log = RunLog(out, config, config.report_to, enabled=distributed.is_main())
     step, tokens_seen = 0, 0
     if config.resume:
         step, extra = common.resume_latest(out, policy, optimizer, scheduler, order, log)
@@ -81,12 +84,14 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
         try:
             while step < total_steps:
                 step_metrics = {"loss": 0.0, "num_tokens": 0.0}
-                for _ in range(config.grad_accum):
-                    loss, metrics = forward(train_rows, order.take(config.batch_size))
+                for micro in range(config.grad_accum):
+                    distributed.sync_gradients(runner, micro == config.grad_accum - 1)
+                    loss, metrics = forward(train_rows, distributed.shard(order.take(config.batch_size)))
                     common.check_finite(loss, step + 1, out)
                     (loss / config.grad_accum).backward()
                     step_metrics["loss"] += metrics["loss"] / config.grad_accum
                     step_metrics["num_tokens"] += metrics["num_tokens"]
+                step_metrics = distributed.all_reduce_metrics(step_metrics | distributed.memory_metrics(device))
                 tokens_seen += int(step_metrics["num_tokens"])
                 step_metrics["num_tokens"] = tokens_seen
                 step_metrics["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
@@ -95,6 +100,7 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                stop.agree()
                 step_metrics["epoch"] = order.epoch
                 if config.eval_every and eval_rows and step % config.eval_every == 0 and step < total_steps:
                     step_metrics |= evaluate()
@@ -113,6 +119,8 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
     if final_metrics:
         log.log(step, final_metrics)
     common.save_checkpoint(out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, {"tokens_seen": tokens_seen})
-    finish_run(config, policy, tokenizer, out, final_metrics, truncation=pair_tokenizer.stats.to_dict())
+    final_model = distributed.unsharded_model(policy)  # FSDP: the gathered weights, on rank 0
+    if distributed.is_main():
+        finish_run(config, final_model, tokenizer, out, final_metrics, truncation=pair_tokenizer.stats.to_dict())
     log.close()
     return out
