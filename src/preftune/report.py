@@ -1,7 +1,7 @@
 """`preftune report RUN_DIR`: one self-contained HTML file describing a run.
 
 The report holds the resolved config, every dashboard chart of the run (plotly.js inlined from the
-installed `plotly` package, the data inlined as JSON), the final eval numbers, the DPO warning
+installed `plotly` package, the data inlined as JSON), the final eval numbers, the reward-hacking warnings
 when it applies, and the sample completions. It needs no server and no network: open it from disk,
 attach it to an issue, archive it beside the checkpoints. Every trainer writes one at the end of a
 run (`train.setup.finish_run`).
@@ -86,7 +86,7 @@ def render_report(run_dir: str | Path) -> str:
         config=config,
         charts=charts,
         finals=runs.final_eval(rows, summary),
-        warning=runs.falling_chosen_logps(rows),
+        warnings=runs.run_warnings(run_dir, rows),
         sample_groups=_sample_groups(runs.read_samples(run_dir)),
         steps=max((r.get("step", 0) for r in rows), default=0),
         finished=bool(summary),

@@ -13,13 +13,14 @@ import random
 import socket
 import threading
 import time
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from preftune.config import DPOConfig, PPOConfig, resolve_config
-from preftune.eval.hacking import check_run
+from preftune.eval.hacking import check_metrics, check_run
 from preftune.runlog import RunLog, read_metrics
 from preftune.web import runs
 from preftune.web.app import create_app
@@ -78,12 +79,14 @@ def test_run_warnings_are_those_of_eval_hacking_check_run(tmp_path):
     assert warnings == [w.to_dict() for w in check_run(tmp_path / "dpo")]
     assert [w["name"] for w in warnings] == ["dpo_chosen_logps_falling"]
     assert warnings[0]["steps"] == list(range(1, 21)) and warnings[0]["hint"]
-    # The report's one-line DPO warning is the same detector's message, not a second detector.
-    assert runs.falling_chosen_logps(read_metrics(tmp_path / "dpo")) == f"{warnings[0]['message']}. {warnings[0]['hint']}"
+    # The static report shows the same warnings (report.py renders run_warnings), evidence aside.
+    from preftune.report import render_report
+
+    page = render_report(tmp_path / "dpo")
+    assert 'data-warning="dpo_chosen_logps_falling"' in page and html_escape(warnings[0]["message"]) in page
     rng = random.Random(0)
     noisy = [{"step": s, "logps/chosen": -100 + rng.gauss(0, 3), "rewards/margins": 0.1 * s} for s in range(1, 30)]
-    assert runs.falling_chosen_logps(noisy) is None
-    assert runs.falling_chosen_logps([{"step": s} | healthy_dpo_row(s) for s in range(1, 30)]) is None
+    assert check_metrics(noisy) == []
 
 
 def test_runs_are_found_only_inside_the_runs_folder(tmp_path):

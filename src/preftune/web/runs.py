@@ -210,15 +210,6 @@ def run_warnings(
     return [w.to_dict() for w in check_metrics(rows, samples, read_config(run_dir))]
 
 
-def falling_chosen_logps(rows: list[Row]) -> str | None:
-    """The message of eval.hacking's `dpo_chosen_logps_falling` warning for these rows, or None.
-
-    Kept for `report.py`, which shows one DPO warning; new callers use `run_warnings`.
-    """
-    found = [w for w in check_metrics(rows) if w.name == "dpo_chosen_logps_falling"]
-    return f"{found[0].message}. {found[0].hint}" if found else None
-
-
 # ---- chart payloads -----------------------------------------------------------------------------
 
 
