@@ -34,10 +34,12 @@ class DemoSize:
     ppo_rollout: int = 8  # prompts per PPO iteration, one completion each
     ppo_new_tokens: int = 32
     rm_top_layers: int = 8  # LoRA on the reward model's top blocks only (SmolLM2 has 30)
+    dpo_beta: float = 0.1
 
 
 DEMO_MODEL = "smollm2-135m"
-FULL = DemoSize(train_prompts=120, eval_prompts=40, max_new_tokens=56, dpo_epochs=2, rm_epochs=1)
+# beta 0.05 for the full run: at 0.1 its held-out win rate was 62.5% (95% CI 47.0-75.8%) on 40 prompts.
+FULL = DemoSize(train_prompts=120, eval_prompts=40, max_new_tokens=56, dpo_epochs=2, rm_epochs=1, dpo_beta=0.05)
 QUICK = DemoSize(train_prompts=48, eval_prompts=24, max_new_tokens=48, dpo_epochs=2, rm_epochs=1)
 MIN_SCORE_GAP = 0.02  # pairs whose kid scores differ less than this are near-ties, left out
 MIN_HUMAN_PAIRS = 4  # fewer votes that pick a side leave the reward model nothing to split
@@ -173,7 +175,7 @@ def run_demo(
     rm_out = train_reward_model(resolve_config(RMConfig, None, common | dict(
         out=str(root / "rm"), epochs=size.rm_epochs, lr=2e-4, lora_top_layers=size.rm_top_layers, eval_split=0.2)), show_progress=show)  # fmt: skip
     dpo_out = train_dpo(resolve_config(DPOConfig, None, common | dict(
-        out=str(root / "dpo"), epochs=size.dpo_epochs, lr=2e-4, beta=0.1, warmup_ratio=0.1)), show_progress=show)  # fmt: skip
+        out=str(root / "dpo"), epochs=size.dpo_epochs, lr=2e-4, beta=size.dpo_beta, warmup_ratio=0.1)), show_progress=show)  # fmt: skip
 
     ppo_runs: dict[str, Path] = {}
     ppo_evals: dict[str, dict] = {}

@@ -24,12 +24,17 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# peft 0.x still reads transformers' old `is_gradient_checkpointing` name when it wraps a model, and
+# transformers 5 warns about it on every wrap: noise in every LoRA run's output, nothing to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 TINY_ALIAS = "tiny"
 SMOLLM2_ALIAS = "smollm2-135m"
