@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 
-import httpx
+import httpx2
 import pytest
 
 from preftune import demo
@@ -38,7 +38,7 @@ def vote_all(base: str, link: str, choose, pause: float = 0.0) -> list[dict]:
     """Log in with the link and vote on the whole queue over HTTP, as the page's form does.
     `choose(prompt, left, right)` returns left/right/tie/both_bad/skip. Returns what was cast, per item."""
     cast = []
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx2.Client(base_url=base, timeout=30) as client:
         assert client.get(link.removeprefix(base), follow_redirects=False).status_code == 303
         while True:
             page = client.get("/annotate", headers={"accept": "application/json"}).json()
