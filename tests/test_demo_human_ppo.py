@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 
-import httpx2
+import httpx
 import pytest
 
 from preftune import demo
@@ -38,7 +38,7 @@ def vote_all(base: str, link: str, choose, pause: float = 0.0) -> list[dict]:
     """Log in with the link and vote on the whole queue over HTTP, as the page's form does.
     `choose(prompt, left, right)` returns left/right/tie/both_bad/skip. Returns what was cast, per item."""
     cast = []
-    with httpx2.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=base, timeout=30) as client:
         assert client.get(link.removeprefix(base), follow_redirects=False).status_code == 303
         while True:
             page = client.get("/annotate", headers={"accept": "application/json"}).json()
@@ -87,7 +87,7 @@ def test_labeling_round_waits_for_every_vote_and_returns_exactly_the_votes_cast(
         voter = threading.Thread(target=lambda: cast.extend(vote_all(base, link, simpler, pause=0.3)))
         voter.start()
         started = time.monotonic()
-        labeling.wait(poll_seconds=0.1, show_progress=False)  # returns only once all four have a vote
+        labeling.wait(poll_seconds=0.1, show_progress=False, timeout=120)  # returns only once all four have a vote
         voter.join(timeout=30)
         assert time.monotonic() - started >= 0.9  # it really waited for the voter (3 pauses of 0.3 s)
         assert labeling.progress() == (4, 4) and len(cast) == 4
@@ -149,6 +149,9 @@ def test_tiny_demo_with_human_votes_and_ppo(tmp_path, monkeypatch):
             voter.start()
 
     monkeypatch.setattr(demo, "_say", say)
+    # A voter that dies must fail the test, not leave the demo waiting for votes forever.
+    wait = LabelingRound.wait
+    monkeypatch.setattr(LabelingRound, "wait", lambda self, **kw: wait(self, **kw | {"timeout": 120}))
     result = demo.run_demo(str(out), human=True, ppo=True, model="tiny", size=TINY, port=0)
     for voter in voters:
         voter.join(timeout=30)

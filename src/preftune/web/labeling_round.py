@@ -148,13 +148,23 @@ class LabelingRound:
         return f"http://{host}:{bound}{self.login_link_path()}"
 
     def wait(
-        self, poll_seconds: float = 1.0, show_progress: bool = True, say: Callable[[str], None] = print
+        self,
+        poll_seconds: float = 1.0,
+        show_progress: bool = True,
+        say: Callable[[str], None] = print,
+        timeout: float | None = None,
     ) -> None:
-        """Block until every item has a vote, with a voted/total bar. Ctrl-C: a message, then it goes on up."""
+        """Block until every item has a vote, with a voted/total bar. Ctrl-C: a message, then it goes on up.
+        `timeout` (seconds, None = wait as long as it takes): LabelingError when it runs out."""
         done, total = self.progress()
         bar = _VoteBar(total, done, show_progress)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while done < total:
+                if deadline is not None and time.monotonic() > deadline:
+                    bar.close()
+                    raise LabelingError(f"{done} of {total} pairs voted after {timeout:g} s; the votes are in "
+                                        f"{self.store.display_url}")  # fmt: skip
                 time.sleep(poll_seconds)
                 done = self.progress()[0]
                 bar.update(done)
