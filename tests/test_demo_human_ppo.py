@@ -112,6 +112,8 @@ def test_labeling_round_waits_for_every_vote_and_returns_exactly_the_votes_cast(
 
 
 def test_ctrl_c_while_waiting_says_where_the_votes_are(tmp_path):
+    # Something replaced the SIGINT handler (as a library may): the wait still stops on Ctrl-C.
+    signal.signal(signal.SIGINT, lambda *_: None)
     said = []
     labeling = LabelingRound(f"sqlite:///{tmp_path / 'labels.db'}")
     try:
@@ -120,10 +122,12 @@ def test_ctrl_c_while_waiting_says_where_the_votes_are(tmp_path):
         timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
         timer.start()
         with pytest.raises(KeyboardInterrupt):
-            labeling.wait(poll_seconds=0.05, show_progress=False, say=said.append)
+            labeling.wait(poll_seconds=0.05, show_progress=False, say=said.append, timeout=60)
         timer.join()
     finally:
         labeling.close()
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # put back as it was
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     assert len(said) == 1 and "stopped waiting at 0 of 4 pairs voted" in said[0]
     assert "labels.db" in said[0] and "run the same command again" in said[0]
 

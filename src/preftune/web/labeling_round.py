@@ -13,6 +13,7 @@ round keeps them, and opening the same database again resumes the same project.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -159,6 +160,10 @@ class LabelingRound:
         done, total = self.progress()
         bar = _VoteBar(total, done, show_progress)
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Ctrl-C must reach this loop as KeyboardInterrupt even if a library imported earlier
+        # replaced Python's SIGINT handler (signals can only be set from the main thread).
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
         try:
             while done < total:
                 if deadline is not None and time.monotonic() > deadline:
@@ -173,6 +178,9 @@ class LabelingRound:
             say(f"\nstopped waiting at {done} of {total} pairs voted. Every vote cast is saved in "
                 f"{self.store.display_url}; run the same command again to carry on where you left off.")  # fmt: skip
             raise
+        finally:
+            if in_main and previous is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signal.SIGINT, previous)
         bar.close()
 
     def stop(self) -> None:
