@@ -73,18 +73,9 @@ def worker_ours(args) -> dict:
     common_bench._warm_up(warm)
     del warm
     work = Path(tempfile.mkdtemp(prefix="bench-rm-ours-"))
-    marks: dict[str, float] = {}
-    collate, save = reward_module.collate_pairs, common.save_checkpoint
-
-    def timed_collate(*a, **k):
-        marks.setdefault("start", time.perf_counter())
-        return collate(*a, **k)
-
-    def timed_save(*a, **k):
-        marks.setdefault("end", time.perf_counter())
-        return save(*a, **k)
-
-    reward_module.collate_pairs, common.save_checkpoint = timed_collate, timed_save
+    marks = common_bench.mark_first_calls(
+        {"start": (reward_module, "collate_pairs"), "end": (common, "save_checkpoint")}
+    )
     config = resolve_config(RMConfig, None, dict(
         model="smollm2-135m", data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
         lr=LEARNING_RATE, max_length=args.max_length, max_prompt_length=args.max_length - 1, seed=SEED,
