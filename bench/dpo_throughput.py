@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +156,9 @@ def worker_ours(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-ours-"))
     common.reference_cache_dir = lambda: work / "refcache"  # never reuse a cache: the precompute is timed
-    marks = mark_first_calls({"start": (dpo_module, "compute_pair_logprobs"), "end": (common, "save_checkpoint")})
+    marks = mark_first_calls(
+        {"start": (dpo_module, "compute_pair_logprobs"), "end": (common, "save_checkpoint")}
+    )
     config = resolve_config(DPOConfig, None, dict(
         model=args.model, data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
         lr=LEARNING_RATE, beta=BETA, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
@@ -241,26 +244,26 @@ def worker_trl(args, defaults: bool) -> dict:
 def run_worker(kind: str, data: Path, args, limit: int | None = None, script: str = __file__) -> dict:
     """One measurement in a fresh subprocess; its peak RSS from the kernel's accounting (wait4).
 
-    `kind` is `trl`, `trl-defaults` or `ours:BATCHING:CHECKPOINTING` (e.g. `ours:fast:off`). A
-    worker that dies (the kernel's OOM killer, typically) comes back as {"failed": reason}.
+    `kind` is `trl`, `trl-defaults` or `ours:BATCHING:CHECKPOINTING[:PRECISION]` (e.g.
+    `ours:fast:off`, `ours:fast:full:bf16`; the precision defaults to --precision). A worker that
+    dies (the kernel's OOM killer, typically) comes back as {"failed": reason}.
     """
     out = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".json")[1])
     data_file = data
     if limit is not None:  # a shorter pass (TRL's defaults are too slow for the full subset)
         data_file = data.with_name(f"{data.stem}-{limit}.jsonl")
         data_file.write_text("".join(data.read_text().splitlines(keepends=True)[:limit]))
-    worker, batching, checkpointing = (
-        (kind.split(":") + ["fast", "off"])[:3] if kind.startswith("ours") else (kind, "fast", "off")
-    )
+    worker, batching, checkpointing, precision = variant_of(kind, getattr(args, "precision", "fp32"))
     command = [sys.executable, script, "--worker", worker, "--data", str(data_file), "--result", str(out),
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                "--threads", str(args.threads), "--batching", batching, "--checkpointing", checkpointing,
                "--pack-length", str(args.pack_length)]  # fmt: skip
     if hasattr(args, "max_prompt_length"):
         command += ["--max-prompt-length", str(args.max_prompt_length)]
-    for flag in ("model", "device", "precision"):
+    for flag in ("model", "device"):
         if hasattr(args, flag):
             command += [f"--{flag}", str(getattr(args, flag))]
+    command += ["--precision", precision]
     log = out.with_suffix(".log")
     with log.open("w") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
@@ -281,28 +284,56 @@ def run_worker(kind: str, data: Path, args, limit: int | None = None, script: st
     return result
 
 
+def variant_of(kind: str, precision: str) -> tuple[str, str, str, str]:
+    """`ours:fast:full:bf16` -> ("ours", "fast", "full", "bf16"); TRL kinds keep `precision`
+    (TRL's defaults run bf16 whatever it is: that is their default)."""
+    if kind.startswith("ours"):
+        parts = kind.split(":")
+        return tuple(parts[:4] + ["fast", "off", precision][len(parts) - 1 :])  # type: ignore[return-value]
+    return kind, "fast", "off", "bf16" if kind == "trl-defaults" else precision
+
+
 def worker_main(args) -> None:
     _set_threads(args.threads)
-    if args.worker == "ours":
-        result = worker_ours(args)
-    else:
-        result = worker_trl(args, defaults=args.worker == "trl-defaults")
+    with worker_scratch():
+        if args.worker == "ours":
+            result = worker_ours(args)
+        else:
+            result = worker_trl(args, defaults=args.worker == "trl-defaults")
     Path(args.result).write_text(json.dumps(result))
+
+
+@contextmanager
+def worker_scratch():
+    """A worker's temporary files (its run folder: 2.6 GB of checkpoints for SmolLM2) go in one
+    folder that is removed when the worker ends, even on error."""
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as scratch:
+        previous, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 8, device: str = "cpu") -> float:
-    """Best-of fp32 matmul rate on this machine now (the MFU denominator); with `device="cuda"`,
-    the bf16 rate of an 8192-cube product on the GPU (what bf16 autocast runs)."""
+def matmul_peak_gflops(
+    threads: int, size: int = 2048, repeats: int = 8, device: str = "cpu", precision: str | None = None
+) -> float:
+    """Best-of matmul rate on this machine now (the MFU denominator), in `precision` (default: fp32
+    on CPU; on CUDA bf16, of an 8192-cube product, what bf16 autocast runs)."""
     import torch
 
     _set_threads(threads)
     if device == "cuda":
         size = max(size, 8192)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    precision = precision or ("bf16" if device == "cuda" else "fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (
+        torch.randn(size, size, device=device, dtype=dtype),
+        torch.randn(size, size, device=device, dtype=dtype),
+    )
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -333,6 +364,7 @@ def smollm2_parameters(folder: str | None = None) -> int:
 def summarise(
     kind: str, runs: list[dict], peak: float, parameters: int, flops_per_token_parameter: int = 8
 ) -> dict:
+    """Best-of-rounds figures of one kind; MFU against `peak`, the rate of the kind's precision."""
     done = [r for r in runs if "failed" not in r]
     if not done:
         return {"kind": kind, "failed": runs[0]["failed"], "peak_rss_gb": max(r["peak_rss_gb"] for r in runs)}
@@ -371,10 +403,20 @@ def measure(
 
 
 def report(
-    title: str, files, kinds: list[str], runs, peak: float, parameters: int, flops: int, value_label: str
+    title: str,
+    files,
+    kinds: list[str],
+    runs,
+    peak: float | dict[str, float],
+    parameters: int,
+    flops: int,
+    value_label: str,
+    precision: str = "fp32",
 ) -> dict:
-    """Print the table and the ours/TRL ratios; return them as a dict."""
-    summary: dict = {"matmul_peak_gflops": peak, "rows": [], "ratios": []}
+    """Print the table and the ours/TRL ratios; return them as a dict. `peak`: one matmul rate, or
+    one per precision ({"fp32": ..., "bf16": ...}); each row's MFU uses its own precision's."""
+    peaks = peak if isinstance(peak, dict) else {"fp32": peak, "bf16": peak}
+    summary: dict = {"matmul_peak_gflops": peaks, "rows": [], "ratios": []}
     print(title)
     header = (f"{'data':6} {'trainer':22} {'s/pass':>8} {'pairs/s':>8} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9} "
               f"{'step-1 loss':>12} {value_label:>14}")  # fmt: skip
@@ -385,12 +427,12 @@ def report(
         for kind in kinds:
             if (name, kind) not in runs:
                 continue
-            row = summarise(kind, runs[(name, kind)], peak, parameters, flops) | {"data": name}
+            row_precision = variant_of(kind, precision)[3]
+            row = summarise(kind, runs[(name, kind)], peaks[row_precision], parameters, flops)
+            row |= {"data": name, "precision": row_precision}
             rows[kind] = row
             summary["rows"].append(row)
-            label = {"trl": "TRL best", "trl-defaults": "TRL defaults"}.get(
-                kind, "preftune " + kind.partition(":")[2].replace(":", " ckpt=")
-            )
+            label = _label(kind, row_precision)
             if "failed" in row:
                 print(f"{name:6} {label:22} {row['failed']} (peak RSS {row['peak_rss_gb']:.2f} GB)")
                 continue
@@ -411,6 +453,13 @@ def report(
             print(f"{name:6} {kind} / TRL best: {ratio['speedup_pairs']:.2f}x pairs/s, {ratio['memory_ratio']:.2f}x peak RSS, "
                   f"|step-1 loss difference| {ratio['step1_loss_diff']:.1e}")  # fmt: skip
     return summary
+
+
+def _label(kind: str, precision: str) -> str:
+    if kind.startswith("trl"):
+        return {"trl": "TRL best", "trl-defaults": "TRL defaults"}[kind] + f" {precision}"
+    _, batching, checkpointing, _ = variant_of(kind, precision)
+    return f"preftune {batching} ckpt={checkpointing} {precision}"
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -443,7 +492,8 @@ def main() -> None:
     parser.add_argument(
         "--ours",
         default="fast:off,fast:full",
-        help="our variants, BATCHING:CHECKPOINTING each (batching fast|padded; checkpointing off|selective|full)",
+        help="our variants, BATCHING:CHECKPOINTING[:PRECISION] each (batching fast|padded; checkpointing "
+        "off|selective|full; precision fp32|bf16, default --precision)",
     )
     parser.add_argument("--pack-length", type=int, default=0)
     parser.add_argument(
@@ -454,11 +504,18 @@ def main() -> None:
     )
     parser.add_argument("--no-trl", action="store_true", help="ours only (quick checks)")
     parser.add_argument("--json", help="write the summary here too")
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="policy for both trainers: smollm2-135m or a local model folder (bench/gpu_check.sh makes random-init ones)")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="policy for both trainers: smollm2-135m or a local model folder (bench/gpu_check.sh makes random-init ones)",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both trainers run")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="ours: --precision; TRL: bf16=True (autocast over fp32 weights, as ours)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="TRL best and ours (unless a variant names its own): fp32, or bf16 autocast over fp32 weights (TRL: bf16=True)",
+    )
     add_worker_arguments(parser)
     args = parser.parse_args()
     if args.worker:
@@ -468,10 +525,14 @@ def main() -> None:
         Path(tempfile.mkdtemp(prefix="bench-dpo-data-")), args.datasets.split(","), args.pairs
     )
     parameters = smollm2_parameters(None if args.model == "smollm2-135m" else args.model)
-    peaks = [matmul_peak_gflops(args.threads, device=args.device)]
     kinds = [f"ours:{variant}" for variant in args.ours.split(",") if variant] + (
         [] if args.no_trl else ["trl"]
     )
+    precisions = sorted(
+        {variant_of(kind, args.precision)[3] for kind in kinds}
+        | ({"bf16"} if args.trl_defaults_pairs else set())
+    )
+    peaks = {p: [matmul_peak_gflops(args.threads, device=args.device, precision=p)] for p in precisions}
     runs = measure(files, kinds, args)
     if args.trl_defaults_pairs:
         for name, data in files.items():
@@ -480,14 +541,14 @@ def main() -> None:
                 run_worker("trl-defaults", data, args, limit=args.trl_defaults_pairs)
             ]
         kinds.append("trl-defaults")
-    peaks.append(matmul_peak_gflops(args.threads, device=args.device))
-    peak = max(peaks)
-    setup = "SmolLM2-135M fp32 CPU" if (args.model, args.device, args.precision) == ("smollm2-135m", "cpu", "fp32") \
-        else f"{args.model} {args.precision} {args.device.upper()}"  # fmt: skip
-    title = (f"\nDPO, {setup}, batch {args.batch_size}, max length {args.max_length}, {args.pairs} pairs per set, "
-             f"{args.rounds} round(s); {'bf16' if args.device == 'cuda' else 'fp32'} matmul peak {peak:.0f} GFLOP/s (measured at start and end: "
-             f"{', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
-    summary = report(title, files, kinds, runs, peak, parameters, 8, "step-1 logp_c")
+    for p in precisions:
+        peaks[p].append(matmul_peak_gflops(args.threads, device=args.device, precision=p))
+    peak = {p: max(rates) for p, rates in peaks.items()}
+    model = "SmolLM2-135M" if args.model == "smollm2-135m" else args.model
+    title = (f"\nDPO, {model} {args.device.upper()}, batch {args.batch_size}, max length {args.max_length}, "
+             f"{args.pairs} pairs per set, {args.rounds} round(s); matmul peak (GFLOP/s, measured at start and end): "
+             + "; ".join(f"{p} {peak[p]:.0f} ({', '.join(f'{r:.0f}' for r in rates)})" for p, rates in peaks.items()))  # fmt: skip
+    summary = report(title, files, kinds, runs, peak, parameters, 8, "step-1 logp_c", args.precision)
     if args.json:
         Path(args.json).write_text(
             json.dumps(summary | {"parameters": parameters, "pairs": args.pairs}, indent=2) + "\n"

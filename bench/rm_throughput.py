@@ -11,7 +11,9 @@ pass over the pairs (ours: first batch to the end of the last optimizer step; TR
 TRL's RewardTrainer drops pairs longer than max_length instead of cutting them, so both sides get
 only pairs that fit (the first N whose chosen and rejected sequences are at most 500 tokens).
 For a like-for-like step 1, TRL's score layer starts from our head's weights (our bias starts at
-0; TRL's layer has none), and TRL gets a pad token distinct from EOS: with SmolLM2's pad == EOS,
+0; TRL's layer has none), TRL is given our token ids (pre-tokenized `chosen_ids`/`rejected_ids`:
+its own chat-template tokenization keeps the "\n" after <|im_end|>, so it would read each reward
+one token later than ours), and TRL gets a pad token distinct from EOS: with SmolLM2's pad == EOS,
 transformers' sequence classifier would read the reward one token early, before the closing EOS.
 """
 
@@ -80,6 +82,7 @@ def worker_ours(args) -> dict:
         model="smollm2-135m", data=str(args.data), out=str(work / "run"), batch_size=args.batch_size, epochs=1.0,
         lr=LEARNING_RATE, max_length=args.max_length, max_prompt_length=args.max_length - 1, seed=SEED,
         keep_last=1, batching=args.batching, pack_length=args.pack_length, activation_checkpointing=args.checkpointing,
+        precision=args.precision,
     ))  # fmt: skip
     reward_module.train_reward_model(config, show_progress=False)
     rows = [r for r in read_metrics(work / "run") if "loss" in r]
@@ -100,6 +103,7 @@ def worker_trl(args, defaults: bool) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from preftune.data.formats import read_pairs
+    from preftune.data.tokenize import PairTokenizer
     from preftune.models.reward_model import from_causal_lm
     from preftune.models.smollm2 import ensure_smollm2
     from preftune.train.common import DataOrder
@@ -116,15 +120,12 @@ def worker_trl(args, defaults: bool) -> dict:
     _warm_up_classifier(model)
     pairs, _ = read_pairs(args.data)
     order = DataOrder(len(pairs), SEED)._epoch_order(0)
-    rows = [
-        {
-            "prompt": [m.to_dict() for m in pairs[i].prompt],
-            "chosen": [pairs[i].chosen.to_dict()],
-            "rejected": [pairs[i].rejected.to_dict()],
-        }  # fmt: skip
-        for i in order
-    ]
-    speed = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    # The ids `preftune rm` trains on (same limits as worker_ours), so both read the same tokens.
+    pair_tokenizer = PairTokenizer(AutoTokenizer.from_pretrained(folder), max_length=args.max_length,
+                                   max_prompt_length=args.max_length - 1)  # fmt: skip
+    tokens = [pair_tokenizer(pairs[i]) for i in order]
+    rows = [{"chosen_ids": t.prompt_ids + t.chosen_ids, "rejected_ids": t.prompt_ids + t.rejected_ids} for t in tokens]
+    speed = {} if defaults else {"bf16": args.precision == "bf16", "gradient_checkpointing": False}
     config = trl.RewardConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-rm-trl-"), per_device_train_batch_size=args.batch_size,
         num_train_epochs=1, learning_rate=LEARNING_RATE, max_length=args.max_length, logging_steps=1,
@@ -171,15 +172,22 @@ def main() -> None:
     parser.add_argument("--pack-length", type=int, default=0)
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="TRL best and ours (unless a variant names its own, as in --ours fast:off:bf16)",
+    )
     common_bench.add_worker_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         common_bench._set_threads(args.threads)
-        result = (
-            worker_ours(args)
-            if args.worker == "ours"
-            else worker_trl(args, defaults=args.worker == "trl-defaults")
-        )
+        with common_bench.worker_scratch():
+            result = (
+                worker_ours(args)
+                if args.worker == "ours"
+                else worker_trl(args, defaults=args.worker == "trl-defaults")
+            )
         Path(args.result).write_text(json.dumps(result))
         return
 
@@ -187,18 +195,22 @@ def main() -> None:
         Path(tempfile.mkdtemp(prefix="bench-rm-data-")), args.datasets.split(","), args.pairs
     )
     trunk_parameters = common_bench.smollm2_parameters() - 49152 * 576  # no LM head; the scalar head is ~free
-    peaks = [common_bench.matmul_peak_gflops(args.threads)]
     kinds = [f"ours:{variant}" for variant in args.ours.split(",") if variant] + (
         [] if args.no_trl else ["trl"]
     )
+    precisions = sorted({common_bench.variant_of(kind, args.precision)[3] for kind in kinds})
+    peaks = {p: [common_bench.matmul_peak_gflops(args.threads, precision=p)] for p in precisions}
     runs = common_bench.measure(files, kinds, args, script=__file__)
-    peaks.append(common_bench.matmul_peak_gflops(args.threads))
-    peak = max(peaks)
-    title = (f"\nreward model, SmolLM2-135M trunk fp32 CPU, batch {args.batch_size}, max length {args.max_length}, "
-             f"{args.pairs} pairs per set, {args.rounds} round(s); fp32 matmul peak {peak:.0f} GFLOP/s "
-             f"(measured at start and end: {', '.join(f'{p:.0f}' for p in peaks)})")  # fmt: skip
+    for p in precisions:
+        peaks[p].append(common_bench.matmul_peak_gflops(args.threads, precision=p))
+    peak = {p: max(rates) for p, rates in peaks.items()}
+    title = (f"\nreward model, SmolLM2-135M trunk CPU, batch {args.batch_size}, max length {args.max_length}, "
+             f"{args.pairs} pairs per set, {args.rounds} round(s); matmul peak (GFLOP/s, measured at start and end): "
+             + "; ".join(f"{p} {peak[p]:.0f} ({', '.join(f'{r:.0f}' for r in rates)})" for p, rates in peaks.items()))  # fmt: skip
     # 6N FLOPs per token: forward and backward of the trunk (no reference model in reward modelling).
-    summary = common_bench.report(title, files, kinds, runs, peak, trunk_parameters, 6, "step-1 r_mean")
+    summary = common_bench.report(
+        title, files, kinds, runs, peak, trunk_parameters, 6, "step-1 r_mean", args.precision
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -14,7 +14,10 @@ every response's closing EOS (a bug TRL shipped).
   position ids that restart in each block: no padding inside rows; rows of similar length go
   through the model together (`RowGroup`), so little padding at their ends either;
 - every completion token records which position's output predicts it, so log-probs need the LM
-  head only there (`models.logprobs.packed_logprobs`).
+  head only there (`models.logprobs.packed_logprobs`);
+- each row also lists its *spans* (a prompt with its first completion; each later completion with
+  its prompt as prefix), so under SDPA attention computes only the scores the 4-D mask keeps
+  (`models.span_attention`); the mask stays for eager attention.
 
 The loops call only `collate_pairs` and `models.logprobs.pair_logprobs`; `layout` picks the path.
 """
@@ -59,9 +62,17 @@ class RowGroup:
     input_ids: torch.Tensor  # [R, T] long
     position_ids: torch.Tensor  # [R, T] long: each token's position in its own sequence
     attention_mask: torch.Tensor  # [R, 1, T, T] bool: True where a query (dim 2) may attend a key (dim 3)
+    # The same visibility as runs of columns, per row: (query start, query end, prefix start, prefix
+    # end); queries see the prefix fully and their own run causally (`models.span_attention`).
+    spans: list[list[tuple[int, int, int, int]]]
 
     def to(self, device) -> RowGroup:
-        return RowGroup(self.input_ids.to(device), self.position_ids.to(device), self.attention_mask.to(device))
+        return RowGroup(
+            self.input_ids.to(device),
+            self.position_ids.to(device),
+            self.attention_mask.to(device),
+            self.spans,
+        )
 
 
 @dataclass
@@ -255,8 +266,10 @@ def pack_blocks(
         # themselves) and which branch: 0 for the prompt, k for the k-th completion.
         block_of = -1 - torch.arange(width).repeat(len(group_rows), 1)
         branch_of = torch.zeros((len(group_rows), width), dtype=torch.long)
+        spans: list[list[tuple[int, int, int, int]]] = []
         for r, row in enumerate(group_rows):
             offset = 0
+            spans.append([])
             for index in row:
                 block = blocks[index]
                 p = len(block.prompt)
@@ -274,6 +287,11 @@ def pack_blocks(
                         target.append(token)
                         sequence.append(seq)
                     last_index[seq] = start + len(completion) - 1 if completion else prompt_end
+                    column = offset + len(ids)  # this completion's first column in the row
+                    if k == 1:  # the prompt and the first completion: one causal run
+                        spans[r].append((offset, column + len(completion), 0, 0))
+                    elif completion:  # a later one sees the prompt, then itself
+                        spans[r].append((column, column + len(completion), offset, offset + p))
                     ids += completion
                     positions += range(p, p + len(completion))
                     branches += [k] * len(completion)
@@ -287,7 +305,8 @@ def pack_blocks(
         same_block = block_of[:, :, None] == block_of[:, None, :]
         causal = torch.ones((width, width), dtype=torch.bool).tril()
         visible_branch = (branch_of[:, None, :] == 0) | (branch_of[:, :, None] == branch_of[:, None, :])
-        groups.append(RowGroup(input_ids, position_ids, (same_block & causal & visible_branch).unsqueeze(1)))
+        mask = (same_block & causal & visible_branch).unsqueeze(1)
+        groups.append(RowGroup(input_ids, position_ids, mask, spans))
         base += input_ids.numel()
 
     counted = sum(len(b.prompt) * len(b.completions) + sum(len(c) for c in b.completions) for b in blocks)

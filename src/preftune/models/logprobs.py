@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..data.batching import PackedSequences, SequenceBatch
+from . import span_attention
 
 # Completion positions per chunk of LM-head work: bounds the transient logits to
 # chunk x vocab floats (1024 x 49,152 x 4 bytes = 200 MB for SmolLM2).
@@ -92,9 +93,11 @@ def packed_logprobs(
     if isinstance(head, torch.nn.Linear) and plain_output_layer(base.config):
         trunk = decoder_of(base)
         hidden = packed_outputs(
-            lambda ids, mask, positions: trunk(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-            ).last_hidden_state,
+            lambda ids, mask, positions, **spans: (
+                trunk(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **spans
+                ).last_hidden_state
+            ),
             model,
             batch,
         )
@@ -102,9 +105,11 @@ def packed_logprobs(
         per_token = selected_token_logprobs(picked, head.weight, head.bias, batch.target_ids, chunk_tokens)
     else:
         logits = packed_outputs(
-            lambda ids, mask, positions: model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-            ).logits,
+            lambda ids, mask, positions, **spans: (
+                model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **spans
+                ).logits
+            ),
             model,
             batch,
         )
@@ -115,12 +120,22 @@ def packed_logprobs(
 
 
 def packed_outputs(run, model, batch: PackedSequences) -> torch.Tensor:
-    """`run(input_ids, attention_mask, position_ids)` -> [R, T, ...] on each row group of `batch`,
-    flattened to [positions, ...] and concatenated: the layout `batch`'s index tensors address.
-    `model` says which attention implementation (and dtype) the masks are for."""
+    """`run(input_ids, attention_mask, position_ids, **attention_kwargs)` -> [R, T, ...] on each row
+    group of `batch`, flattened to [positions, ...] and concatenated: the layout `batch`'s index
+    tensors address. `model` says which attention implementation (and dtype) the masks are for.
+
+    Under SDPA the rows' spans go along too, so attention computes only the scores the mask keeps
+    (`models.span_attention`); eager attention takes the 4-D mask alone.
+    """
+    spans = implementation_of(model) == "sdpa"
+    if spans:
+        span_attention.install()
     outputs = []
     for group in batch.groups:
-        out = run(group.input_ids, attention_mask_for(model, group.attention_mask), group.position_ids)
+        extra = {span_attention.SPANS_KWARG: group.spans} if spans else {}
+        out = run(
+            group.input_ids, attention_mask_for(model, group.attention_mask), group.position_ids, **extra
+        )
         outputs.append(out.reshape(-1, *out.shape[2:]))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
@@ -155,6 +170,11 @@ def plain_output_layer(config) -> bool:
     return getattr(config, "logits_scaling", 1.0) in (None, 1.0)  # Granite: logits / logits_scaling
 
 
+def implementation_of(model) -> str:
+    """The attention implementation transformers runs for `model` (its config's choice)."""
+    return getattr(model.config, "_attn_implementation", None) or "sdpa"
+
+
 def attention_mask_for(model, mask: torch.Tensor) -> torch.Tensor:
     """The boolean [R, 1, T, T] mask as the additive mask (0 or the dtype's minimum) that SDPA and
     eager attention both take, in the dtype the attention runs in.
@@ -164,7 +184,7 @@ def attention_mask_for(model, mask: torch.Tensor) -> torch.Tensor:
     additive one inside every layer and keeps each copy for the backward pass (30 copies of
     [R, 1, T, T] floats for SmolLM2, 0.8 GB at 8 rows of 930 tokens); one shared tensor costs one.
     """
-    implementation = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    implementation = implementation_of(model)
     if implementation not in ("sdpa", "eager"):
         raise ValueError(
             f"--batching fast needs sdpa or eager attention, and the model uses {implementation}; use --batching padded"

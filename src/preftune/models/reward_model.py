@@ -68,10 +68,15 @@ class ScalarHeadModel(torch.nn.Module):
     def hidden_size(self) -> int:
         return self.head.in_features
 
-    def forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
-        """Per-position scalars [B, T] (fp32). `attention_mask` may be [B, T] or a 4-D mask."""
+    def forward(self, input_ids, attention_mask, position_ids=None, **attention_kwargs) -> torch.Tensor:
+        """Per-position scalars [B, T] (fp32). `attention_mask` may be [B, T] or a 4-D mask;
+        `attention_kwargs` go to the attention function (the spans of packed rows)."""
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **attention_kwargs,
         ).last_hidden_state
         return self.head(hidden).squeeze(-1).float()
 
@@ -277,7 +282,9 @@ def reward_of_sequences(model: ScalarHeadModel, batch: SequenceBatch | PackedSeq
     last token is found by `batch.last_index` and the trunk takes the 4-D mask and position ids.
     """
     if isinstance(batch, PackedSequences):
-        values = packed_outputs(lambda ids, mask, positions: model(ids, mask, positions), model.backbone, batch)
+        values = packed_outputs(
+            lambda ids, mask, positions, **spans: model(ids, mask, positions, **spans), model.backbone, batch
+        )
         return values[batch.last_index]
     values = model(batch.input_ids, batch.attention_mask)
     return last_token_values(values, batch.attention_mask)

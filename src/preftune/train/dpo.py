@@ -56,7 +56,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     precision = common.pick_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"dpo: loss={config.loss} beta={config.beta} ref={ref_mode or 'none'} device={device} precision={precision} batching={config.batching}", file=sys.stderr)
+    print(f"dpo: loss={config.loss} beta={config.beta} ref={ref_mode or 'none'} device={device} precision={common.precision_label(device, config.precision, precision)} batching={config.batching}", file=sys.stderr)
 
     # -- model, data, tokens -----------------------------------------------------------------
     policy, tokenizer = load_model_for_training(config, device)

@@ -167,7 +167,7 @@ def train_ppo(
         else f"kl_coef={config.kl_coef}"
     )
     print(f"ppo: reward={config.reward if reward_fn is None else 'python callable'} {control} estimator={config.kl_estimator} "
-          f"value={config.value} device={device} precision={precision}", file=sys.stderr)  # fmt: skip
+          f"value={config.value} device={device} precision={common.precision_label(device, config.precision, precision)}", file=sys.stderr)  # fmt: skip
     autocast = lambda: common.autocast(device, precision)  # noqa: E731
 
     # -- prompts, reward, models --------------------------------------------------------------

@@ -62,7 +62,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
     precision = common.pick_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"rm: {'lora' if config.lora else 'full'} device={device} precision={precision} "
+    print(f"rm: {'lora' if config.lora else 'full'} device={device} precision={common.precision_label(device, config.precision, precision)} "
           f"margin={'data' if config.use_margin else 'off'} center_coef={config.center_coef} batching={config.batching}", file=sys.stderr)  # fmt: skip
 
     # -- model, data, tokens -----------------------------------------------------------------

@@ -32,7 +32,7 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
     precision = common.pick_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"sft: device={device} precision={precision}", file=sys.stderr)
+    print(f"sft: device={device} precision={common.precision_label(device, config.precision, precision)}", file=sys.stderr)
 
     # -- model and data ------------------------------------------------------------------------
     policy, tokenizer = load_model_for_training(config, device)
