@@ -71,8 +71,8 @@ def span_attention_forward(
         options["enable_gqa"] = True
     # Inputs are cut with `split`, never sliced piece by piece: the backward of one split is one
     # concatenation, where every slice would add a zero-filled gradient of the whole tensor.
-    # Outputs are laid out [1, n, H, D] (SDPA's output transposed: a free view), and all rows'
-    # pieces are joined in one copy, straight into the [R, T, H, D] layout transformers expects.
+    # Outputs are laid out [1, n, H, D] (SDPA's output transposed: a free view on CPU), and all
+    # rows' pieces are joined in one copy, straight into the [R, T, H, D] layout transformers expects.
     pieces = []
     for r, (q, k, v) in enumerate(zip(query.split(1), key.split(1), value.split(1), strict=True)):
         row_spans = spans[r]
@@ -106,7 +106,7 @@ def span_attention_forward(
         if ends[-1] < width:  # padding at the row's end: nothing reads it
             pieces.append(query.new_zeros(1, width - ends[-1], heads, head_dim))
     joined = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-    return joined.view(rows, width, heads, head_dim), None
+    return joined.reshape(rows, width, heads, head_dim), None  # no copy after `cat`
 
 
 def _columns(parts: tuple[torch.Tensor, ...], cuts: list[int], start: int, end: int) -> torch.Tensor:
