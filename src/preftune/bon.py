@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,13 +81,15 @@ def best_of_n(
     batch_size: int = 16,
     max_prompt_length: int = 512,
     show_progress: bool = False,
+    rollout_engine: str = "auto",
+    precision: str = "auto",
 ) -> list[BestOfN]:
     """Sample n completions per prompt (seeded, KV cache), score them with `reward` (a registry
     judge or a `(prompt, response) -> float` callable), optionally with a `gold` judge too."""
     result = generate_completions(
         model, tokenizer, prompts, n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         top_k=top_k, seed=seed, batch_size=batch_size, max_prompt_length=max_prompt_length,
-        show_progress=show_progress,
+        show_progress=show_progress, rollout_engine=rollout_engine, precision=precision,
     )  # fmt: skip
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat_texts = [t for texts in result.texts for t in texts]
@@ -153,7 +154,8 @@ def run_best_of_n(config: BoNConfig) -> dict:
     rows = best_of_n(
         model, tokenizer, prompts, reward, config.n, gold=gold, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, seed=config.seed,
-        batch_size=config.batch_size, max_prompt_length=config.max_prompt_length, show_progress=sys.stderr.isatty(),
+        batch_size=config.batch_size, max_prompt_length=config.max_prompt_length, show_progress=True,
+        rollout_engine=config.rollout_engine, precision=config.rollout_precision,
     )  # fmt: skip
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)

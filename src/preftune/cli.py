@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
+from .config import ROLLOUT_ENGINE_HELP, ROLLOUT_PRECISION_HELP
 from .data.schema import DataError
 
 app = typer.Typer(
@@ -170,16 +171,24 @@ def generate(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
+    top_k: int = typer.Option(0, "--top-k", min=0, help="Top-k sampling (0: off)."),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per generate call."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per generate call (--rollout-engine hf only)."),
+    rollout_engine: str = typer.Option("auto", "--rollout-engine", help=ROLLOUT_ENGINE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=ROLLOUT_PRECISION_HELP),
 ) -> None:
-    """Sample completions for each prompt (KV cache, batched, seeded, stops at EOS)."""
+    """Sample completions for each prompt (the rollout engine: continuous batching, seeded, stops at EOS)."""
     from .data.formats import read_prompts
     from .generate import generate_completions
     from .models.load import load_policy
+    from .rollout import BACKENDS, PRECISIONS
 
     if temperature <= 0:
         _fail("--temperature must be > 0")
+    if rollout_engine not in BACKENDS:
+        _fail(f"--rollout-engine: must be one of {', '.join(BACKENDS)}, got {rollout_engine!r}")
+    if precision not in PRECISIONS:
+        _fail(f"--precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     prompt_messages = read_prompts(prompts)
     policy, tokenizer = load_policy(model)
     result = generate_completions(
@@ -190,9 +199,12 @@ def generate(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
+        top_k=top_k,
         seed=seed,
         batch_size=batch_size,
-        show_progress=sys.stderr.isatty(),
+        show_progress=True,
+        rollout_engine=rollout_engine,
+        precision=precision,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as handle:

@@ -169,6 +169,12 @@ def load_saved_config(cls: type[C], path: str | Path) -> C:
 
 # ---- the commands' configs ---------------------------------------------------------------------
 
+ROLLOUT_ENGINE_HELP = (
+    "Sampling engine: slots (continuous batching over a preallocated KV cache; Llama-family models), "
+    "hf (transformers' generate; any model), vllm (CUDA, extra [gpu]); auto: slots where it applies, else hf."
+)
+ROLLOUT_PRECISION_HELP = "Sampling precision: auto (bf16 on CUDA and on CPUs with bf16 units, else fp32), fp32 or bf16."
+
 
 @dataclass
 class TrainConfig:
@@ -277,6 +283,8 @@ class PPOConfig(TrainConfig):
     missing_eos_penalty: float = setting(0.0, help="Subtracted from the score of a completion that hit --max-new-tokens without EOS.")
     score_clip: float = setting(0.0, help="Clip scores to [-c, c] (0: no clip).")
     normalize_scores: bool = setting(False, help="Whiten each rollout's scores (mean 0, std 1) before the KL penalty.")
+    rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
+    rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
 
 
 @dataclass
@@ -297,3 +305,5 @@ class BoNConfig:
     batch_size: int = setting(16, help="Sequences per generate call.")
     max_prompt_length: int = setting(512, help="Max prompt tokens (the oldest turns go first).")
     device: str = setting("auto", help="auto, cpu or cuda.")
+    rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
+    rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)

@@ -153,8 +153,8 @@ def run_demo(
     _say(f"[3/{stages}] sampling two answers per training prompt (up to {size.max_new_tokens} tokens each)")
     samples = generate_completions(policy, tokenizer, [user_prompt(p) for p in train_prompts], 2,
                                    max_new_tokens=size.max_new_tokens, temperature=1.0, top_p=1.0, seed=seed,
-                                   batch_size=16, show_progress=show)  # fmt: skip
-    _say(f"      {samples.new_tokens} tokens in {samples.seconds:.0f}s ({samples.tokens_per_second:.1f} tokens/s)")
+                                   batch_size=16, show_progress=True)  # fmt: skip
+    _say(f"      {samples.new_tokens} tokens in {samples.seconds:.0f}s ({samples.tokens_per_second:.1f} tokens/s; {samples.engine})")
     del policy
 
     if human:

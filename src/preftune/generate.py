@@ -1,21 +1,22 @@
-"""Batched sampling of completions with the KV cache (transformers' `generate`), with progress.
+"""Sampling completions for chat prompts: tokenization in, texts out, the rollout engine between.
 
-Prompts go through `data/tokenize.py` like everything else, are left-padded (so every row's next
-token sits at the same position), and the attention mask comes from the prompt lengths, never
-from comparing ids with the pad id (pad == EOS for SmolLM2). Sampling is seeded; each row stops
-at its EOS.
+Prompts go through `data/tokenize.py` like everything else; `rollout.RolloutEngine` does the
+sampling (continuous batching over a slot KV cache for Llama-family models, transformers'
+`generate` for others, vLLM on CUDA when asked). Sampling is seeded; each row stops at its EOS.
+Pass an `engine` to reuse one across calls (a trainer refreshes its weights after each update);
+without one, each call builds one for `model`.
 """
 
 from __future__ import annotations
 
-import time
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from .data.schema import Message
 from .data.tokenize import PairTokenizer
+from .rollout import RolloutEngine, RolloutProgress, SamplingParams
+from .rollout.hf_generate import left_pad  # noqa: F401  (re-exported: the left-padding helper)
 
 
 @dataclass
@@ -25,41 +26,15 @@ class Generations:
     completion_ids: list[list[list[int]]]  # [prompt][sample], up to and including EOS if reached
     new_tokens: int
     seconds: float
+    logprobs: list[list[list[float]]] | None = None  # [prompt][sample][token], tempered distribution
+    finished: list[list[bool]] | None = None  # [prompt][sample]: ended at EOS
+    engine: str = ""  # which backend and precision sampled them (`RolloutEngine.describe()`)
 
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / max(self.seconds, 1e-9)
 
 
-class _StepCounter:
-    """A `generate` streamer that counts sampled tokens, to drive a progress bar."""
-
-    def __init__(self, on_step: Callable[[int], None]):
-        self.on_step = on_step
-        self.seen_prompt = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.seen_prompt:  # the first call carries the prompt ids, not a sampled step
-            self.seen_prompt = True
-            return
-        self.on_step(1)
-
-    def end(self) -> None:
-        pass
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and the attention mask built from lengths."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
-@torch.no_grad()
 def generate_completions(
     model,
     tokenizer,
@@ -75,98 +50,55 @@ def generate_completions(
     max_prompt_length: int = 512,
     progress: Callable[[int, int], None] | None = None,
     show_progress: bool = False,
+    engine: RolloutEngine | None = None,
+    rollout_engine: str = "auto",
+    precision: str = "auto",
+    label: str = "generating",
 ) -> Generations:
     """Sample `n` completions for each prompt.
 
-    `batch_size` counts sequences (prompt x sample) per `generate` call. `progress(done, total)`
-    is called after each batch with counts of prompts; `show_progress` draws a rich bar with
-    tokens/s instead.
+    `batch_size` counts sequences per call on the `hf` backend (the slot engine sizes its own
+    batch). `progress(done, total)` is called with counts of finished sequences; `show_progress`
+    reports to stderr: a bar on a terminal, a line every 15 s otherwise.
     """
-    if n < 1 or max_new_tokens < 1:
-        raise ValueError("n and max_new_tokens must be at least 1")
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 (sampling); use a small value for near-greedy output")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    if n < 1:
+        raise ValueError("n must be at least 1")
     pair_tokenizer = PairTokenizer(tokenizer, max_length=max_prompt_length + max_new_tokens, max_prompt_length=max_prompt_length)
     prompt_ids = [pair_tokenizer.encode_prompt(messages)[0] for messages in prompts]
-    device = next(model.parameters()).device
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    prompts_per_batch = max(1, batch_size // n)
-    texts: list[list[str]] = []
-    completions: list[list[list[int]]] = []
-    new_tokens = 0
-    start = time.perf_counter()
-
-    bar = _progress_bar(len(prompts) * n * max_new_tokens) if show_progress else None
-    was_training = model.training
-    model.eval()
+    if engine is None:
+        engine = RolloutEngine(model, tokenizer, backend=rollout_engine, precision=precision, batch_size=batch_size)
+    if show_progress:
+        print(f"{label}: {engine.describe()}", file=sys.stderr, flush=True)
+    reporter = None
+    if show_progress or progress:
+        reporter = _Reporter(label, len(prompts) * n, max_new_tokens, progress, show_progress)
     try:
-        # Seed once for the whole call, without disturbing the caller's global RNG stream.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for first in range(0, len(prompts), prompts_per_batch):
-                rows = prompt_ids[first : first + prompts_per_batch]
-                ids, mask = left_pad(rows, pad_id)
-                step_size = len(rows) * n  # sequences advanced by one sampling step
-                streamer = _StepCounter(lambda k, size=step_size: bar.advance(size * k)) if bar else None
-                out = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    do_sample=True,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=n,
-                    eos_token_id=eos_id,
-                    pad_token_id=pad_id,
-                    streamer=streamer,
-                )
-                sampled = out[:, ids.shape[1] :].tolist()
-                for p in range(len(rows)):
-                    per_prompt = [_cut_at_eos(sampled[p * n + k], eos_id) for k in range(n)]
-                    new_tokens += sum(len(c) for c in per_prompt)
-                    completions.append(per_prompt)
-                    texts.append([tokenizer.decode(c, skip_special_tokens=True) for c in per_prompt])
-                if bar:  # rows that stopped at EOS early still used up their share of the budget
-                    done_budget = (first + len(rows)) * n * max_new_tokens
-                    bar.update(done_budget, new_tokens, time.perf_counter() - start)
-                if progress:
-                    progress(min(first + prompts_per_batch, len(prompts)), len(prompts))
+        result = engine.generate(prompt_ids, n, params, reporter)
     finally:
-        model.train(was_training)
-        if bar:
-            bar.close()
-    return Generations(texts, prompt_ids, completions, new_tokens, time.perf_counter() - start)
+        if reporter:
+            reporter.close()
+    texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in per] for per in result.completion_ids]
+    return Generations(texts, result.prompt_ids, result.completion_ids, result.new_tokens, result.seconds,
+                       result.logprobs, result.finished, engine.describe())  # fmt: skip
 
 
-def _cut_at_eos(tokens: list[int], eos_id: int) -> list[int]:
-    """Keep tokens up to and including the first EOS; `generate` pads finished rows after it."""
-    return tokens[: tokens.index(eos_id) + 1] if eos_id in tokens else tokens
+class _Reporter(RolloutProgress):
+    """stderr progress when asked, and the caller's `progress(done, total)` callback."""
 
+    def __init__(self, label, sequences, max_new_tokens, callback, show: bool):
+        super().__init__(label, sequences, max_new_tokens, stream=sys.stderr, live=sys.stderr.isatty() and show)
+        self.callback, self.show = callback, show
 
-class _progress_bar:
-    """A rich bar over the sampling budget, showing tokens/s; finished rows end early."""
+    def _maybe_report(self) -> None:
+        if self.show:
+            super()._maybe_report()
 
-    def __init__(self, total_steps: int):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("generating"),
-            BarColumn(),
-            TextColumn("{task.fields[rate]} tok/s"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self.task = self.progress.add_task("generate", total=total_steps, rate="-")
-        self.progress.start()
-
-    def advance(self, k: int) -> None:
-        self.progress.advance(self.task, k)
-
-    def update(self, completed: int, tokens: int, seconds: float) -> None:
-        self.progress.update(self.task, completed=completed, rate=f"{tokens / max(seconds, 1e-9):.1f}")
+    def sequence_done(self, length: int) -> None:
+        super().sequence_done(length)
+        if self.callback:
+            self.callback(self.done, self.total)
 
     def close(self) -> None:
-        self.progress.update(self.task, completed=self.progress.tasks[0].total)
-        self.progress.stop()
+        if self.show:
+            super().close()

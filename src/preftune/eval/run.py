@@ -125,7 +125,7 @@ def run_eval(settings: EvalSettings, show_progress: bool | None = None) -> dict[
     from ..train.common import pick_device
 
     check_settings(settings)
-    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    show_progress = True if show_progress is None else show_progress  # a bar on a terminal, else a line every 15 s
     out = Path(settings.out)
     device = pick_device(settings.device)
     prompts = read_prompts(settings.prompts)

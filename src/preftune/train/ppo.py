@@ -14,6 +14,7 @@ layout and sampling in `train/rollout.py`. This file only orders the work.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -28,6 +29,7 @@ from ..data.schema import DataError, Message
 from ..losses.advantages import gae
 from ..losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_k1, kl_penalized_rewards
 from ..losses.ppo import clipped_policy_loss, clipped_value_loss
+from ..rollout import RolloutEngine
 from ..runlog import RunLog
 from . import common, distributed
 from .rollout import (
@@ -203,16 +205,31 @@ def train_ppo(
             else [torch.cat(parts)]
         )
 
+    # -- rollout engines: the policy's is refreshed with the new weights before each rollout --------
+    def make_engine(model) -> RolloutEngine:
+        return RolloutEngine(model, tokenizer, backend=config.rollout_engine, precision=config.rollout_precision,
+                             batch_size=config.rollout_batch)  # fmt: skip
+
+    policy_engine = make_engine(policy)
+    print(f"ppo: {policy_engine.describe()}", file=sys.stderr)
+    engines: dict[str, RolloutEngine] = {}
+
+    def reference_weights():
+        """The reference's weights are active inside this: a frozen copy, or the adapter-off policy."""
+        return policy.disable_adapter() if reference is None else contextlib.nullcontext()
+
     def sample_from(model_is_reference: bool, prompts, seed: int):
         settings = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
                         top_p=config.top_p, seed=seed, max_prompt_length=config.max_prompt_length,
                         batch_size=config.rollout_batch)  # fmt: skip
         if not model_is_reference:
-            return sample(policy, tokenizer, prompts, **settings)
-        if reference is not None:
-            return sample(reference, tokenizer, prompts, **settings)
-        with policy.disable_adapter():
-            return sample(policy, tokenizer, prompts, **settings)
+            policy_engine.load_weights(policy)
+            return sample(policy, tokenizer, prompts, engine=policy_engine, **settings)
+        model = reference if reference is not None else policy
+        with reference_weights():
+            if "reference" not in engines:
+                engines["reference"] = make_engine(model)
+            return sample(model, tokenizer, prompts, engine=engines["reference"], **settings)
 
     # -- evaluation on held-out prompts: policy and reference side by side -------------------
     reference_eval: dict = {}
@@ -321,6 +338,12 @@ def train_ppo(
                     "time/rollout": rollout.seconds,
                     "time/update": time.perf_counter() - update_started,
                 }  # fmt: skip
+                # The engine samples with its own forward (bf16 where the CPU has bf16 units); the
+                # ratio uses the trainer's. How far apart they are is the off-policy gap that
+                # truncated importance sampling corrects where engine log-probs are used (Yao et al. 2025).
+                gap = (rollout.engine_logprobs.to(device) - old_logprobs).abs()
+                metrics["rollout/logprob_mismatch"] = float(gap[mask].mean())
+                metrics["rollout/logprob_mismatch_max"] = float(gap[mask].max())
                 if config.normalize_scores or config.score_clip > 0 or config.missing_eos_penalty:
                     metrics["objective/shaped_scores"] = float(objective["objective/scores"])
                 if gold is not None:

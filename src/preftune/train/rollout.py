@@ -155,6 +155,7 @@ class Samples:
     batch: RolloutBatch
     ended: torch.Tensor  # [B] bool: the completion closed with EOS (not cut at max_new_tokens)
     seconds: float
+    engine_logprobs: torch.Tensor  # [B, T] the rollout engine's log-probs of the sampled tokens (0 on padding)
 
 
 def sample(
@@ -169,17 +170,22 @@ def sample(
     seed: int,
     max_prompt_length: int,
     batch_size: int,
+    engine=None,
 ) -> Samples:
-    """One seeded completion per prompt with the KV cache (`generate_completions`), laid out."""
+    """One seeded completion per prompt from the rollout engine (`generate_completions`), laid out."""
     result = generate_completions(
         model, tokenizer, prompts, 1, max_new_tokens=max_new_tokens, temperature=temperature,
         top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size, max_prompt_length=max_prompt_length,
+        engine=engine,
     )  # fmt: skip
     completions = [per_prompt[0] for per_prompt in result.completion_ids]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch = layout_rollout(result.prompt_ids, completions, pad_id)
-    ended = torch.tensor([bool(c) and c[-1] == tokenizer.eos_token_id for c in completions])
-    return Samples(list(prompts), [t[0] for t in result.texts], batch, ended, result.seconds)
+    ended = torch.tensor([per_prompt[0] for per_prompt in result.finished])
+    engine_logprobs = torch.zeros(batch.response_mask.shape)
+    for row, per_prompt in enumerate(result.logprobs):
+        engine_logprobs[row, : len(per_prompt[0])] = torch.tensor(per_prompt[0])
+    return Samples(list(prompts), [t[0] for t in result.texts], batch, ended, result.seconds, engine_logprobs)
 
 
 def shape_scores(
