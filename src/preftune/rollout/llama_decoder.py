@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .weights import base_model, effective_weight
+
 
 def is_supported(model) -> bool:
     """A Llama-architecture causal LM (SmolLM2, Llama, the tiny test models), peft-wrapped or not."""
-    base = _base_model(model)
+    base = base_model(model)
     config = getattr(base, "config", None)
     return (
         config is not None
@@ -58,7 +60,7 @@ class LlamaDecoder:
     """Packed weights plus the prefill and decode passes. `load(model)` refreshes the weights."""
 
     def __init__(self, model, dtype: torch.dtype):
-        base = _base_model(model)
+        base = base_model(model)
         config = base.config
         self.dtype = dtype
         self.device = next(base.parameters()).device
@@ -79,23 +81,23 @@ class LlamaDecoder:
     @torch.no_grad()
     def load(self, model) -> None:
         """Copy the model's current weights in (LoRA adapters merged, unless they are disabled)."""
-        base = _base_model(model)
+        base = base_model(model)
         cast = lambda t: t.detach().to(self.device, self.dtype).contiguous()  # noqa: E731
         self.embed = base.model.embed_tokens.weight.detach().to(self.device, torch.float32)
         self.final_norm = base.model.norm.weight.detach().float()
-        lm_head, lm_head_bias = _effective(base.lm_head)
+        lm_head, lm_head_bias = effective_weight(base.lm_head)
         self.lm_head = cast(lm_head)
         self.lm_head_bias = None if lm_head_bias is None else cast(lm_head_bias)
         self.layers = []
         for block in base.model.layers:
             attention, mlp = block.self_attn, block.mlp
-            q, q_bias = _effective(attention.q_proj)
-            k, k_bias = _effective(attention.k_proj)
-            v, v_bias = _effective(attention.v_proj)
-            o, o_bias = _effective(attention.o_proj)
-            gate, gate_bias = _effective(mlp.gate_proj)
-            up, up_bias = _effective(mlp.up_proj)
-            down, down_bias = _effective(mlp.down_proj)
+            q, q_bias = effective_weight(attention.q_proj)
+            k, k_bias = effective_weight(attention.k_proj)
+            v, v_bias = effective_weight(attention.v_proj)
+            o, o_bias = effective_weight(attention.o_proj)
+            gate, gate_bias = effective_weight(mlp.gate_proj)
+            up, up_bias = effective_weight(mlp.up_proj)
+            down, down_bias = effective_weight(mlp.down_proj)
             self.layers.append(
                 LayerWeights(
                     input_norm=block.input_layernorm.weight.detach().float(),
@@ -219,25 +221,6 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     scores = scores.masked_fill_(~visible, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
-def _base_model(model):
-    """The transformers model under a peft wrapper (its LoRA layers are read by `_effective`)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _effective(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The weight a (possibly LoRA-wrapped) linear applies now: W, plus each active adapter's
-    B @ A * scaling unless adapters are disabled (peft's `disable_adapter()`) or already merged."""
-    if hasattr(linear, "get_base_layer") and hasattr(linear, "lora_A"):
-        base = linear.get_base_layer()
-        weight = base.weight.detach()
-        if not linear.disable_adapters and not linear.merged:
-            for name in linear.active_adapters:
-                if name in linear.lora_A:
-                    weight = weight + linear.get_delta_weight(name).detach().to(weight.dtype)
-        return weight, None if base.bias is None else base.bias.detach()
-    return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
 
 
 def _cat_bias(biases, weights, cast):

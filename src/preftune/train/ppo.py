@@ -295,6 +295,7 @@ def train_ppo(
         try:
             while step < config.iterations:
                 iteration = step + 1
+                iteration_started = time.perf_counter()
                 # 1. rollout (under torchrun: this rank's slice of the prompts, its own samples)
                 prompts = [train_prompts[i] for i in distributed.shard(order.take(config.rollout_batch))]
                 seed = config.seed * _ITERATION_STRIDE + iteration + distributed.rank() * _RANK_SEED_OFFSET
@@ -337,6 +338,7 @@ def train_ppo(
                     "learning_rate": scheduler.get_last_lr()[0],
                     "time/rollout": rollout.seconds,
                     "time/update": time.perf_counter() - update_started,
+                    "time/iteration": time.perf_counter() - iteration_started,  # rollout, scoring, update
                 }  # fmt: skip
                 # The engine samples with its own forward (bf16 where the CPU has bf16 units); the
                 # ratio uses the trainer's. How far apart they are is the off-policy gap that
