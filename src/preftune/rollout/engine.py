@@ -194,8 +194,8 @@ class RolloutEngine:
                 active = list(range(len(active)))
             rows = active[-1] + 1
             tokens_in = torch.tensor([next_token[s] if owner[s] else 0 for s in range(rows)], device=device)
-            positions = torch.tensor([position[s] if owner[s] else 0 for s in range(rows)], device=device)
-            logits = decoder.decode(tokens_in, positions, cache, rope)
+            where = [position[s] if owner[s] else 0 for s in range(rows)]
+            logits = decoder.decode(tokens_in, torch.tensor(where, device=device), max(where) + 1, cache, rope)
             index = torch.tensor(active, device=device)
             tokens, token_logprobs = sample_next(logits[index], params, generator)
             for slot in active:

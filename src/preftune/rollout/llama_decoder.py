@@ -159,13 +159,14 @@ class LlamaDecoder:
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
+        span: int,
         cache: list[tuple[torch.Tensor, torch.Tensor]],
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         """One step for rows 0..B-1 of the cache: tokens [B] at positions [B] (each row's current
-        length). Writes their k/v at those positions and returns next-token logits [B, V]."""
+        length). Writes their k/v at those positions and returns next-token logits [B, V]. `span`
+        is max(positions) + 1, the columns worth attending over (given, so nothing syncs here)."""
         rows = tokens.shape[0]
-        span = int(positions.max()) + 1  # attend over the longest row's columns only
         x = F.embedding(tokens, self.embed)[:, None]  # [B, 1, H]
         cos, sin = rope[0][positions][:, None, None], rope[1][positions][:, None, None]  # [B, 1, 1, D]
         row_index = torch.arange(rows, device=tokens.device)
