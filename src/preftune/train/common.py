@@ -230,6 +230,8 @@ def save_checkpoint(
     final = Path(out_dir) / "checkpoints" / f"step-{step}"
     sharded = distributed.is_sharded(model)
     plain = distributed.unsharded_model(model)  # the model itself, unless FSDP sharded it
+    if not sharded:  # (FSDP: each rank holds a shard; the gradient check already guards those)
+        check_finite_weights(model, step, out_dir)
     shards = final.parent / f".{final.name}.shards"
     if sharded:
         if distributed.is_main():
@@ -312,13 +314,32 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
+def _diverged(step: int, what: str, out_dir: str | Path) -> TrainingDiverged:
+    # Every checkpoint on disk passed `check_finite_weights` before it was written, so the newest
+    # one really is the last good one.
+    last = checkpoint_dirs(out_dir)
+    where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+    return TrainingDiverged(f"step {step}: {what}; stopping ({where}). Try a lower --lr or check the data.")
+
+
 def check_finite(loss: torch.Tensor, step: int, out_dir: str | Path) -> None:
+    """Before backward: a NaN or infinite loss stops the run."""
     if not torch.isfinite(loss).all():
-        last = checkpoint_dirs(out_dir)
-        where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"step {step}: loss is {loss.item()}; stopping ({where}). Try a lower --lr or check the data."
-        )
+        raise _diverged(step, f"loss is {loss.item()}", out_dir)
+
+
+def check_finite_gradients(grad_norm: float, step: int, out_dir: str | Path) -> None:
+    """Before `optimizer.step()`: a finite loss can still have a NaN or infinite gradient (weights
+    blown up by a huge --lr), and one such step makes every weight NaN."""
+    if not math.isfinite(grad_norm):
+        raise _diverged(step, f"gradient norm is {grad_norm}", out_dir)
+
+
+def check_finite_weights(model: torch.nn.Module, step: int, out_dir: str | Path) -> None:
+    """Before a checkpoint is written: weights that overflowed are never saved as "good"."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise _diverged(step, f"{len(bad)} weight tensors are not finite (first: {bad[0]})", out_dir)
 
 
 class StopRequest:

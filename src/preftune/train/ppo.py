@@ -392,6 +392,7 @@ def ppo_update(config, optimizer, trainable, policy_and_values, batch, mask, old
                 for name, value in (policy_metrics | value_metrics).items():
                     step_metrics[name] = step_metrics.get(name, 0.0) + float(value) / config.grad_accum
             step_metrics["grad_norm"] = common.grad_norm_and_clip(trainable, config.max_grad_norm)
+            common.check_finite_gradients(step_metrics["grad_norm"], iteration, out)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             updates += 1

@@ -154,6 +154,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
                 tokens_seen += int(step_metrics["num_tokens"])
                 step_metrics["num_tokens"] = tokens_seen  # cumulative, as TRL logs it
                 step_metrics["grad_norm"] = common.grad_norm_and_clip(model, config.max_grad_norm)
+                common.check_finite_gradients(step_metrics["grad_norm"], step + 1, out)
                 step_metrics["learning_rate"] = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()

@@ -95,6 +95,7 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
                 tokens_seen += int(step_metrics["num_tokens"])
                 step_metrics["num_tokens"] = tokens_seen
                 step_metrics["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
+                common.check_finite_gradients(step_metrics["grad_norm"], step + 1, out)
                 step_metrics["learning_rate"] = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
