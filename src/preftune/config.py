@@ -203,6 +203,7 @@ class TrainConfig:
     save_every: int = setting(0, help="Checkpoint every N optimizer steps (0: only at the end and on signals).")
     keep_last: int = setting(2, help="Checkpoints to keep.")
     resume: bool = setting(False, help="Continue from the newest checkpoint in --out.")
+    overwrite: bool = setting(False, help="Replace the run already in --out (without it, or --resume, a used --out is refused).")
     report_to: str = setting("none", help="Mirror metrics to tensorboard, wandb or none.")
     precision: str = setting("auto", help="auto (fp32 on CPU, bf16 autocast on CUDA), fp32 or bf16.")
     device: str = setting("auto", help="auto, cpu or cuda.")

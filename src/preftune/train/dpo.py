@@ -29,6 +29,7 @@ from ..models.reference import (
 )
 from ..runlog import RunLog
 from . import common, distributed
+from .run_folder import prepare_run_folder
 from .setup import finish_run, load_model_for_training, load_pair_splits, tokenize_pairs
 
 
@@ -50,6 +51,7 @@ def resolve_reference_mode(config: DPOConfig) -> str | None:
 def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     """Run DPO as configured; returns the run folder. Raises ValueError on bad settings."""
     distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     ref_mode = resolve_reference_mode(config)
     device = common.pick_device(config.device)

@@ -42,6 +42,7 @@ from .rollout import (
     shape_scores,
     warn_if_truncated_sampling,
 )
+from .run_folder import prepare_run_folder
 from .setup import finish_run, load_model_for_training
 
 # Seeds derived from --seed: a rollout's sampling and an iteration's minibatch order depend only on
@@ -155,6 +156,7 @@ def train_ppo(
     """
     validate(config)
     distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     warn_if_truncated_sampling(config.top_k, config.top_p)
     device = common.pick_device(config.device)

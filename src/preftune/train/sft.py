@@ -22,11 +22,13 @@ from ..data.tokenize import PairTokenizer
 from ..models.logprobs import batch_logprobs
 from ..runlog import RunLog
 from . import common, distributed
+from .run_folder import prepare_run_folder
 from .setup import finish_run, load_model_for_training
 
 
 def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
     distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     device = common.pick_device(config.device)
     precision = common.pick_precision(device, config.precision)
