@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, save_config
+from ..config import ConfigError, TrainConfig, save_config
 from ..models.load import atomic_folder, cache_dir, write_pretrained
 from . import distributed
 
@@ -28,6 +28,10 @@ def pick_device(name: str = "auto") -> torch.device:
     device = (
         torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
     )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", 0, f"{name}: no CUDA device is available here (use --device cpu or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device", 0, "mps: no Apple GPU is available here (use --device cpu or auto)")
     if device.type == "cpu":
         keep_freed_cpu_memory()
     return device

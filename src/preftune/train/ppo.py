@@ -26,7 +26,7 @@ from ..config import ConfigError, PPOConfig
 from ..data.formats import read_prompts
 from ..data.schema import DataError, Message
 from ..losses.advantages import gae
-from ..losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_k1, kl_penalized_rewards
+from ..losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_penalized_rewards
 from ..losses.ppo import clipped_policy_loss, clipped_value_loss
 from ..runlog import RunLog
 from . import common, distributed
@@ -50,27 +50,6 @@ from .setup import finish_run, load_model_for_training
 _ITERATION_STRIDE = 1_000_003
 _EVAL_SEED_OFFSET = 7_919
 _RANK_SEED_OFFSET = 104_729  # under torchrun each rank samples with its own noise
-
-
-def validate(config: PPOConfig) -> None:
-    """Settings that would fail later, as one-line errors naming the flag."""
-    minibatch = config.batch_size * config.grad_accum
-    checks = [
-        ("--value", config.value in ("separate", "shared"), f"must be separate or shared, got {config.value!r}"),
-        ("--kl-estimator", config.kl_estimator in KL_ESTIMATORS, f"must be one of {', '.join(KL_ESTIMATORS)}, got {config.kl_estimator!r}"),
-        ("--iterations", config.iterations >= 1, "must be at least 1"),
-        ("--ppo-epochs", config.ppo_epochs >= 1, "must be at least 1"),
-        ("--temperature", config.temperature > 0, "must be > 0"),
-        ("--kl-coef", config.kl_coef >= 0, "must be >= 0"),
-        ("--target-kl", config.target_kl >= 0, "must be >= 0 (0: fixed --kl-coef)"),
-        ("--rollout-batch", config.rollout_batch >= 1 and config.rollout_batch % minibatch == 0,
-         f"must be a positive multiple of --batch-size x --grad-accum = {minibatch}, got {config.rollout_batch}"),
-        ("--fsdp", not config.fsdp, "not supported by ppo (sampling would have to step every rank in "
-         "lockstep); use DDP, the default under torchrun"),
-    ]  # fmt: skip
-    for flag, ok, reason in checks:
-        if not ok:
-            raise ConfigError(flag, 0, reason)
 
 
 def load_prompt_splits(config: PPOConfig) -> tuple[list[list[Message]], list[list[Message]]]:
@@ -154,7 +133,6 @@ def train_ppo(
     scores every rollout, logged as `objective/gold_scores`; it never enters the reward. A proxy
     score rising while the gold one stalls is over-optimisation (`preftune demo --ppo` shows it).
     """
-    validate(config)
     distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
     prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()

@@ -1,0 +1,131 @@
+"""Every flag of every command, given a bad value, ends in one `error:` line and exit code 2.
+
+The flags of sft, dpo, rm and ppo are walked from their config dataclasses: a setting with a rule
+(`setting(check=...)`) is fed the value its rule names as breaking it, every number is fed a word,
+every yes/no setting a word that is neither, every choice a name that is not one. A free-text
+setting has to be listed in FREE_TEXT_BAD_VALUES below, so a new one cannot go untested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+
+import pytest
+from typer.testing import CliRunner
+
+from preftune.cli import app
+from preftune.config import DPO_LOSS_NAMES, DPOConfig, PPOConfig, RMConfig, SFTConfig, TrainConfig
+from preftune.losses.dpo import DPO_LOSSES
+from preftune.losses.kl import KL_ESTIMATORS
+
+COMMANDS = {"sft": SFTConfig, "dpo": DPOConfig, "rm": RMConfig, "ppo": PPOConfig}
+
+# Settings whose value is free text (a path, a model name): a bad value for each, by setting name.
+# {tmp} is the test's folder; {pairs} a real pairs file (a bad --data for ppo, which reads --prompts).
+FREE_TEXT_BAD_VALUES = {
+    "model": "{tmp}/no-such-model",
+    "data": "{tmp}/no-such-data.jsonl",
+    "out": "{pairs}",  # an existing file, not a folder
+    "eval_data": "{tmp}/no-such-eval.jsonl",
+    "prompts": "{tmp}/no-such-prompts.jsonl",
+    "reward": "judge:no-such-judge",
+}
+PPO_UNUSED = {"data": "{pairs}", "format": "pairs", "max_steps": "3", "epochs": "2"}
+
+
+def bad_values(command: str, field: dataclasses.Field, annotation) -> list[str]:
+    if command == "ppo" and field.name in PPO_UNUSED:
+        return [PPO_UNUSED[field.name]]
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = options[0] if typing.get_origin(annotation) in (typing.Union, type(int | None)) else annotation
+    values = []
+    check = field.metadata.get("check")
+    if check is not None:
+        values.append(str(check.breaking_value))
+    if base in (int, float):
+        values.append("many")
+    elif base is bool:
+        values.append("maybe")
+    elif typing.get_origin(base) is typing.Literal:
+        values.append("bogus")
+    elif check is None:
+        values.append(FREE_TEXT_BAD_VALUES[field.name])  # KeyError: add the new setting to the table
+    return values
+
+
+def cases():
+    for command, config_class in COMMANDS.items():
+        hints = typing.get_type_hints(config_class)
+        for field in dataclasses.fields(config_class):
+            for value in bad_values(command, field, hints[field.name]):
+                yield pytest.param(command, field.name, value, id=f"{command}--{field.name}={value}")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}) + "\n")
+    prompts = folder / "prompts.txt"
+    prompts.write_text("Say hi.\nSay bye.\n")
+    return folder, pairs, prompts
+
+
+@pytest.mark.parametrize("command, name, value", list(cases()))
+def test_a_bad_value_is_one_line_and_exit_2(inputs, tmp_path, command, name, value):
+    folder, pairs, prompts = inputs
+    value = value.format(tmp=tmp_path, pairs=pairs)
+    settings = {"model": "tiny", "out": str(tmp_path / "run"), "max_steps": "1"}
+    if command == "ppo":
+        settings = {"model": "tiny", "out": str(tmp_path / "run"), "prompts": str(prompts),
+                    "reward": "judge:sentiment", "iterations": "1", "rollout_batch": "2", "batch_size": "2"}  # fmt: skip
+    else:
+        settings["data"] = str(pairs)
+    settings[name] = value
+    args = [command] + [part for key, v in settings.items() for part in ("--" + key.replace("_", "-"), v)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, f"{args}\n{result.output}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.output
+    flag = "--" + name.replace("_", "-")
+    assert flag in errors[0] or value in errors[0], errors[0]  # it names the flag, or the bad path
+
+
+def test_every_default_follows_its_own_rule():
+    for config_class in (TrainConfig, *COMMANDS.values()):
+        for field in dataclasses.fields(config_class):
+            check = field.metadata.get("check")
+            if check is not None and field.default not in (dataclasses.MISSING, None):
+                assert check.accepts(field.default), f"{config_class.__name__}.{field.name}"
+                assert not check.accepts(check.breaking_value), f"{config_class.__name__}.{field.name}"
+
+
+def test_choice_lists_match_what_the_code_implements():
+    assert set(DPO_LOSS_NAMES) == set(DPO_LOSSES)
+    kl_estimator = next(f for f in dataclasses.fields(PPOConfig) if f.name == "kl_estimator")
+    assert all(kl_estimator.metadata["check"].accepts(name) for name in KL_ESTIMATORS)
+
+
+@pytest.mark.parametrize("args", [
+    ["dpo", "--no-such-flag", "1"], ["dpo", "--model"], ["data", "convert"], ["serve", "--port", "0"],
+    ["generate", "--model", "tiny", "--prompts", "p", "-o", "o", "-n", "many"], ["no-such-command"],
+])  # fmt: skip
+def test_click_usage_errors_are_one_line_too(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_a_yes_no_setting_takes_yes_or_no(inputs, tmp_path):
+    folder, pairs, _ = inputs
+    base = ["dpo", "--model", "tiny", "--data", str(pairs), "--max-steps", "1", "--ref", "precompute"]
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a"), "--lora", "yes"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "final" / "adapter_config.json").exists()
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b"), "--lora=no"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "b" / "final" / "adapter_config.json").exists()
