@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 
 import pytest
@@ -129,3 +130,18 @@ def test_a_yes_no_setting_takes_yes_or_no(inputs, tmp_path):
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b"), "--lora=no"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "b" / "final" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_shows_every_default_and_required_setting(command):
+    raw = CliRunner().invoke(app, [command, "--help"]).stdout
+    # One entry per option: "--flag[ / --no-flag] METAVAR  help [default: ...]".
+    entries = {entry.split()[0]: " ".join(entry.split()) for entry in re.split(r"\n  (?=--)", raw)[1:]}
+    for field in dataclasses.fields(COMMANDS[command]):
+        entry = entries["--" + field.name.replace("_", "-")]
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            assert entry.endswith("[required]"), entry
+        elif field.default is not None:
+            assert entry.endswith(f"[default: {field.default}]"), entry
+    if command == "ppo":
+        assert 'JSONL of {"prompt": str | [messages]}' in entries["--prompts"]  # not eaten as markup

@@ -288,8 +288,10 @@ def generate(
     )
 
 
-def _metavar(annotation) -> str:
+def _metavar(annotation, check=None) -> str:
     """How --help names a flag's value; the value itself is checked by config.resolve_config."""
+    if check is not None and check.choices:
+        return "|".join(check.choices)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args else annotation
     if typing.get_origin(base) is typing.Literal:
@@ -325,7 +327,7 @@ def add_config_command(name: str, config_class: type, run: typing.Callable, summ
                 # same one-line "--flag: reason" error from a flag as from a config file.
                 field.name, inspect.Parameter.KEYWORD_ONLY,
                 annotation=bool | None if hints[field.name] is bool else str | None,
-                default=typer.Option(None, decl, help=help_text, show_default=False, metavar=_metavar(hints[field.name])),
+                default=typer.Option(None, decl, help=help_text, show_default=False, metavar=_metavar(hints[field.name], field.metadata.get("check"))),
             )
         )  # fmt: skip
 

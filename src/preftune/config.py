@@ -36,6 +36,7 @@ class Check:
     accepts: Callable[[Any], bool]
     reason: str
     breaking_value: Any
+    choices: tuple[str, ...] = ()  # for a setting that takes one of a few names (shown by --help)
 
 
 def at_least(low: float) -> Check:
@@ -57,7 +58,7 @@ def fraction(*, below_one: bool = False, above_zero: bool = False) -> Check:
 
 
 def one_of(*choices: str) -> Check:
-    return Check(lambda v: v in choices, f"must be one of {', '.join(choices)}, got {{value!r}}", "bogus")
+    return Check(lambda v: v in choices, f"must be one of {', '.join(choices)}, got {{value!r}}", "bogus", choices)
 
 
 DEVICE = Check(lambda v: v in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", v) is not None,
