@@ -305,7 +305,7 @@ class DPOConfig(TrainConfig):
     label_smoothing: float = setting(0.0, help="Label-flip rate epsilon for robust and cdpo.", check=Check(lambda v: 0 <= v < 0.5, "must be in [0, 0.5) (a flip rate of 1/2 or more inverts the labels), got {value}", 0.5))
     length_normalize: bool = setting(False, help="ipo: use per-token mean log-probs instead of sums.")
     gamma: float = setting(0.5, help="simpo: target reward margin.", check=at_least(0))
-    sft_weight: float = setting(0.0, help="Weight of an NLL term on the chosen response (RPO).", check=at_least(0))
+    sft_weight: float = setting(0.0, help="Weight of an NLL term on the chosen responses (RPO), one mean over all their tokens in the micro-batch, as TRL's \"sft\" loss term.", check=at_least(0))
     ref: str = setting("auto", help="Reference log-probs: precompute, copy, adapter (auto: adapter with --lora, else precompute).", check=one_of("auto", "precompute", "copy", "adapter", "none"))
 
 

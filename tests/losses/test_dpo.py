@@ -157,11 +157,12 @@ def test_simpo_gamma_shifts_the_loss_up():
     assert bool((with_margin > without).all())
 
 
-def test_sft_nll_is_per_token_mean():
+def test_sft_nll_is_one_token_mean_over_the_batch():
     nll, metrics = sft_nll(torch.tensor(POLICY_CHOSEN, dtype=torch.float64), torch.tensor(CHOSEN_LENGTHS))
-    # 5/4, 3/2, 8/5.
-    np.testing.assert_allclose(nll.numpy(), [1.25, 1.5, 1.6], rtol=1e-12)
-    assert metrics["nll_loss"].item() == pytest.approx((1.25 + 1.5 + 1.6) / 3)
+    # (5 + 3 + 8) / (4 + 2 + 5) = 16/11: every chosen token weighs the same (TRL's "sft" term), not
+    # the mean of the per-pair means (1.25 + 1.5 + 1.6) / 3 = 1.45.
+    assert nll.item() == pytest.approx(16 / 11, rel=1e-12)
+    assert metrics["nll_loss"].item() == pytest.approx(16 / 11, rel=1e-12)
 
 
 def test_cdpo_and_robust_reduce_to_sigmoid_at_eps_zero():

@@ -114,7 +114,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
         loss = losses.mean()
         if config.sft_weight > 0:
             nll, nll_metrics = sft_nll(policy_out["chosen_logps"], policy_out["chosen_lengths"])
-            loss = loss + config.sft_weight * nll.mean()
+            loss = loss + config.sft_weight * nll
             metrics |= nll_metrics
         metrics = {k: float(v) for k, v in metrics.items()} | {"loss": float(loss.detach()), "num_tokens": batch.sequences.num_tokens}
         return loss, metrics
