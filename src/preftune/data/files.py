@@ -41,6 +41,44 @@ def type_name(value: Any) -> str:
 
 
 def load_rows(source: str | Path) -> RawRows:
+    """The numbered rows of a file, a `datasets` folder or a hub dataset; every string in them is
+    valid Unicode (JSON's escapes can spell half a UTF-16 surrogate pair, which no UTF-8 file can
+    hold: writing it out later would fail halfway)."""
+    loaded = _load_rows(source)
+    for number, row in loaded.rows:
+        where = _lone_surrogate(row)
+        if where is not None:
+            raise loaded.error(number, f"unpaired UTF-16 surrogate in {where} (a \\ud800-\\udfff escape without its other half)")
+    return loaded
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any, where: str = "the row") -> str | None:
+    """Where in a parsed row a string holds a lone surrogate ("field 'chosen'"), or None."""
+    if isinstance(value, str):
+        return where if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate(key, "a field name") or _lone_surrogate(item, f"field {key!r}" if where == "the row" else where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _lone_surrogate(item, where)
+            if found:
+                return found
+    return None
+
+
+def _reject_constant(name: str) -> float:
+    # Python's json reads NaN and Infinity, which JSON does not have; writing them back would make
+    # files other tools refuse, and a NaN margin makes the loss NaN.
+    raise ValueError(f"{name} is not valid JSON (JSON has no NaN or Infinity)")
+
+
+def _load_rows(source: str | Path) -> RawRows:
     display, path = str(source), Path(source)
     if path.is_dir():
         return RawRows(display, path.name, "row", _saved_dataset_rows(path, display))
@@ -84,7 +122,7 @@ def _jsonl_rows(path: Path, display: str) -> list[tuple[int, Any]]:
 
 def _parse_json(text: str, display: str, number: int) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
         raise DataError(display, number, f"malformed JSON: {error.msg} (column {error.colno})") from None
     except (ValueError, RecursionError) as error:  # e.g. an integer literal longer than Python allows
@@ -99,7 +137,7 @@ def _json_rows(path: Path, display: str) -> tuple[str, list[tuple[int, Any]]]:
         line = data.count(b"\n", 0, error.start) + 1
         raise DataError(display, line, f"not valid UTF-8: {error.reason}") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":  # JSON Lines saved under a .json name: read it as such
             return "line", _jsonl_rows(path, display)

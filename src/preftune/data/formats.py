@@ -9,6 +9,7 @@ being dropped: a typo in a converter should stop the run, not quietly shrink the
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,7 +125,10 @@ def read_sft_examples(source: str | Path, format: str | None = None) -> tuple[li
             raise loaded.error(number, f"expected a JSON object per row, got {type_name(row)}")
         try:
             if shape == "messages":
-                *prompt, response = _messages("messages", _required(row, "messages"), "user")
+                messages = _messages("messages", _required(row, "messages"), "user")
+                if len(messages) < 2:
+                    raise _Drop("fewer than two messages (a prompt and a response)")
+                *prompt, response = messages
                 if response.role != "assistant":
                     raise _Drop("response is not from the assistant")
                 prompt = _prompt_of({"prompt": [m.to_dict() for m in prompt]}) if prompt else []
@@ -314,9 +318,12 @@ def _margin(row: dict) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _BadField(f"field 'margin' must be a number, got {type_name(value)}")
     try:
-        return float(value)
+        margin = float(value)
     except OverflowError:  # a JSON integer too large for a float
         raise _BadField("field 'margin' is too large for a float") from None
+    if not math.isfinite(margin):  # NaN / inf from a CSV cell or parquet: the loss would be NaN
+        raise _BadField(f"field 'margin' must be a finite number, got {margin}")
+    return margin
 
 
 def _id(row: dict) -> str | None:
