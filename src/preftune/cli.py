@@ -219,6 +219,8 @@ def _print_inspect(summary: dict) -> None:
     table.add_row("pairs kept", str(summary["pairs_kept"]))
     for reason, count in summary["dropped"].items():
         table.add_row(f"dropped: {reason}", str(count))
+    for note in summary.get("notes", []):
+        table.add_row("note", note)
     for part, stats in summary.get("tokens", {}).items():
         table.add_row(f"{part} tokens p50 / p95", f"{stats['p50']:.0f} / {stats['p95']:.0f}")
     for check, count in summary.get("token_checks", {}).items():
@@ -240,7 +242,8 @@ def data_convert(
     pairs, report = read_pairs(file, format=format)
     write_jsonl(pairs, out)
     dropped = sum(report.dropped.values())
-    typer.echo(f"wrote {len(pairs)} pairs to {out} (read {report.rows_read} rows, dropped {dropped})")
+    notes = "".join(f"; {note}" for note in report.notes)
+    typer.echo(f"wrote {len(pairs)} pairs to {out} (read {report.rows_read} rows, dropped {dropped}{notes})")
 
 
 @app.command("generate")

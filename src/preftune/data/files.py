@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class RawRows:
     name: str  # what goes into PreferencePair.source
     unit: str  # "line": numbers are file lines; "row": numbers are 1-based row indices
     rows: list[tuple[int, Any]]
+    notes: list[str] = field(default_factory=list)  # what a user should know: e.g. splits left unread
 
     def error(self, number: int, reason: str) -> DataError:
         return DataError(self.display, number, f"row {number}: {reason}" if self.unit == "row" else reason)
@@ -80,8 +81,13 @@ def _reject_constant(name: str) -> float:
 
 def _load_rows(source: str | Path) -> RawRows:
     display, path = str(source), Path(source)
+    folder, colon, split = display.rpartition(":")
+    if not path.exists() and colon and Path(folder).is_dir():  # FOLDER:split of a saved DatasetDict
+        rows, notes = _saved_dataset_rows(Path(folder), display, split)
+        return RawRows(display, Path(folder).name, "row", rows, notes)
     if path.is_dir():
-        return RawRows(display, path.name, "row", _saved_dataset_rows(path, display))
+        rows, notes = _saved_dataset_rows(path, display)
+        return RawRows(display, path.name, "row", rows, notes)
     if not path.exists():
         if _HUB_NAME.match(display) and not display.lower().endswith(_FILE_SUFFIXES):
             return RawRows(display, display, "row", _hub_rows(display))
@@ -217,7 +223,9 @@ def _parquet_rows(path: Path, display: str) -> list[tuple[int, Any]]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
-def _saved_dataset_rows(path: Path, display: str) -> list[tuple[int, Any]]:
+def _saved_dataset_rows(path: Path, display: str, split: str = "") -> tuple[list[tuple[int, Any]], list[str]]:
+    """The rows of one split (`split`, else "train", else the only one) and a note naming the
+    splits left unread, so a held-out `test` split is never skipped without a word."""
     if not any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
         raise DataError(display, 0, "a directory, but not one saved by datasets' save_to_disk")
     import datasets  # slow to import; only folder and hub sources need it
@@ -226,11 +234,20 @@ def _saved_dataset_rows(path: Path, display: str) -> list[tuple[int, Any]]:
         dataset = datasets.load_from_disk(str(path))
     except Exception as error:  # datasets raises many unrelated types for a damaged folder
         raise DataError(display, 0, f"cannot load saved dataset: {_one_line(error)}") from None
+    notes = []
     if isinstance(dataset, datasets.DatasetDict):
-        if "train" not in dataset and len(dataset) != 1:
-            raise DataError(display, 0, f"no 'train' split; splits: {sorted(dataset)}")
-        dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
-    return list(enumerate(dataset, start=1))
+        if split and split not in dataset:
+            raise DataError(display, 0, f"no split {split!r}; splits: {sorted(dataset)}")
+        if not split and "train" not in dataset and len(dataset) != 1:
+            raise DataError(display, 0, f"no 'train' split; give one as {path}:SPLIT; splits: {sorted(dataset)}")
+        chosen = split or ("train" if "train" in dataset else next(iter(dataset)))
+        others = sorted(set(dataset) - {chosen})
+        if others:
+            notes.append(f"read split {chosen!r}; not read: {', '.join(others)} (read one as {path}:{others[0]})")
+        dataset = dataset[chosen]
+    elif split:
+        raise DataError(display, 0, f"{path} holds one dataset, not splits; drop ':{split}'")
+    return list(enumerate(dataset, start=1)), notes
 
 
 def _hub_rows(name: str) -> list[tuple[int, Any]]:

@@ -40,6 +40,7 @@ class ReadReport:
     dropped: dict[str, int] = field(default_factory=dict)
     # reason -> 1-based line (JSONL, CSV) or row index (JSON list, parquet, datasets) where it first happened
     examples: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. splits of a datasets folder left unread
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,7 +49,7 @@ class ReadReport:
             "rows_read": self.rows_read,
             "pairs_kept": self.pairs_kept,
             "dropped": dict(self.dropped),
-        }
+        } | ({"notes": list(self.notes)} if self.notes else {})
 
 
 class _Drop(Exception):
@@ -66,7 +67,7 @@ def read_pairs(source: str | Path, format: str | None = None) -> tuple[list[Pref
     loaded = load_rows(source)
     chosen_format = format or _detect_format(loaded)
     parse = _PARSERS[chosen_format]
-    report = ReadReport(loaded.display, chosen_format, rows_read=len(loaded.rows), pairs_kept=0)
+    report = ReadReport(loaded.display, chosen_format, rows_read=len(loaded.rows), pairs_kept=0, notes=loaded.notes)
     pairs = []
     for number, row in loaded.rows:
         if not isinstance(row, dict):
@@ -117,7 +118,7 @@ def read_sft_examples(source: str | Path, format: str | None = None) -> tuple[li
         pairs, report = read_pairs(source, format=format)
         return [(pair.prompt, pair.chosen) for pair in pairs], report
     shape = "prompt-response" if "response" in first else "messages"
-    report = ReadReport(path=str(source), format=shape, rows_read=0, pairs_kept=0, dropped={}, examples={})
+    report = ReadReport(path=str(source), format=shape, rows_read=0, pairs_kept=0, notes=loaded.notes)
     examples = []
     for number, row in loaded.rows:
         report.rows_read += 1
@@ -348,7 +349,11 @@ def _detect_format(loaded: RawRows) -> str:
             first = (number, sorted(row)[:20])
     if first is None:
         raise DataError(loaded.display, 0, "no usable pairs: read 0 rows, dropped: {}")
-    raise loaded.error(first[0], f"unknown format; keys seen: {first[1]}; expected one of {_EXPECTED}")
+    number = first[0]
+    problem = _column_type_problem(dict(loaded.rows)[number])
+    if problem:  # the shape of a pair, with a column of the wrong type: name the column
+        raise loaded.error(number, f"{problem}; expected one of {_EXPECTED}")
+    raise loaded.error(number, f"unknown format; keys seen: {first[1]}; expected one of {_EXPECTED}")
 
 
 def _format_of(row: dict) -> str | None:
@@ -359,8 +364,26 @@ def _format_of(row: dict) -> str | None:
         return "sharegpt"
     if isinstance(chosen, list | dict) or isinstance(prompt, list):
         return "messages"
+    if isinstance(chosen, str) and _is_transcript(chosen) and isinstance(rejected, str) and _is_transcript(rejected):
+        return "hh"  # whole HH transcripts, whatever else the row carries (some copies add a "prompt")
     if isinstance(chosen, str):
         return "pairs" if isinstance(prompt, str) else "hh" if prompt is None else None
+    return None
+
+
+def _is_transcript(text: str) -> bool:
+    return text.lstrip(" ").startswith("\n\nHuman:") and _HH_ASSISTANT in text
+
+
+def _column_type_problem(row: Any) -> str | None:
+    """For a row with pair-like columns that fits no format: which column has the wrong type."""
+    if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+        return None
+    for key in ("chosen", "rejected"):
+        if not isinstance(row[key], str | list | dict):
+            return f"field '{key}' must be a string, a message or a list of messages, got {type_name(row[key])}"
+    if "prompt" in row and not isinstance(row["prompt"], str | list):
+        return f"field 'prompt' must be a string or a list of messages, got {type_name(row['prompt'])}"
     return None
 
 

@@ -36,7 +36,8 @@ def load_model_for_training(config: TrainConfig, device: torch.device):
 
 def _report_line(report) -> str:
     dropped = ", ".join(f"{reason}: {count}" for reason, count in report.dropped.items()) or "none"
-    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} pairs kept, dropped: {dropped}"
+    notes = "".join(f"; {note}" for note in report.notes)
+    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} pairs kept, dropped: {dropped}{notes}"
 
 
 def load_pair_splits(config: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
