@@ -231,5 +231,5 @@ def test_reward_model_matches_an_independent_loop(files, tmp_path):
         adamw_step(model, optimizer, step)
     logged = [r["loss"] for r in read_metrics(out) if "loss" in r]
     assert logged == pytest.approx(losses, abs=2e-5)
-    final = load_file(str(out / "final" / "head.safetensors"))
-    torch.testing.assert_close(final["weight"], model.head.weight.detach(), atol=2e-4, rtol=0)
+    final = load_file(str(out / "final" / "model.safetensors"))  # transformers' sequence-classification layout
+    torch.testing.assert_close(final["score.weight"], model.head.weight.detach(), atol=2e-4, rtol=0)

@@ -244,7 +244,7 @@ def save_checkpoint(
         distributed.save_sharded(shards, model, optimizer)
     if distributed.is_main():
         with atomic_folder(final) as tmp:
-            write_pretrained(plain, tokenizer, tmp)
+            write_pretrained(plain, tokenizer, tmp, final_folder=final)
             save_config(config, tmp / "preftune.yaml")
             state = {
                 "step": step,
