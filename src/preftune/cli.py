@@ -436,10 +436,24 @@ def serve(
     """Run the labeling app, the training dashboard (/runs) and the playground (/playground)."""
     from .web.app import serve as run_server
 
+    _check_port_free(host, port)
     try:
         run_server(db=db, host=host, port=port, runs=runs)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port is one line and exit 2 here, before uvicorn logs a traceback-like error."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            _fail(f"--port {port}: cannot listen on {host}:{port}: {err.strerror or err} (another server there? pick another --port)")
 
 
 @app.command("report")

@@ -79,6 +79,14 @@ def cache_dir() -> Path:
 # ----------------------------------------------------------------------------- name resolution
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars ("Loading weights", "Writing model shards"): they
+    print to stderr even when it is not a terminal, between and over preftune's own lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def resolve_model_path(name: str) -> str:
     """Alias -> folder (SmolLM2 is converted on first use); local path -> its absolute path; a hub
     name comes back unchanged. `tiny` names come back unchanged: they are built in-process."""
@@ -173,6 +181,7 @@ def load_policy(
     adapter is merged into the base first and fresh LoRA goes on top, so a DPO reference taken
     with `disable_adapter()` is the adapted model, not the original base.
     """
+    quiet_transformers()
     source = resolve_model_path(name)
     tiny = _TINY_NAME.match(source)
     if tiny:
@@ -234,6 +243,7 @@ def apply_lora(model, settings: LoraSettings):
 def write_pretrained(model, tokenizer, folder: str | Path, final_folder: str | Path | None = None) -> None:
     """`save_pretrained` of the model (the adapter only, for a PeftModel) and tokenizer into `folder`
     (a temp folder that becomes `final_folder` when given, as `atomic_folder` does)."""
+    quiet_transformers()
     if _is_peft(model):
         with _loadable_base_name(model, Path(folder), Path(final_folder or folder), tokenizer):
             # peft's default ("auto") asks the hub whether the base's vocabulary was resized, which

@@ -39,7 +39,15 @@ from ..config import ConfigError
 from ..data.batching import PackedSequences, SequenceBatch, collate_sequences
 from ..data.schema import Message, user_prompt
 from ..data.tokenize import PairTokenizer
-from .load import LoraSettings, ModelLoadError, load_policy, load_tokenizer, run_final_folder, save_model
+from .load import (
+    LoraSettings,
+    ModelLoadError,
+    load_policy,
+    load_tokenizer,
+    quiet_transformers,
+    run_final_folder,
+    save_model,
+)
 from .logprobs import packed_outputs
 
 SCALAR_FORMAT = "preftune-scalar-head"
@@ -249,6 +257,7 @@ def load_scalar_model(path: str | Path, device: str | torch.device = "cpu") -> t
     for a full model, adapters + head for LoRA; call `.requires_grad_(False)` for a frozen judge."""
     from safetensors.torch import load_file
 
+    quiet_transformers()
     folder = run_final_folder(Path(path).expanduser())
     what = f"reward model {str(path)!r}"
     if not folder.is_dir():
