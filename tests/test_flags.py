@@ -145,3 +145,61 @@ def test_help_shows_every_default_and_required_setting(command):
             assert entry.endswith(f"[default: {field.default}]"), entry
     if command == "ppo":
         assert 'JSONL of {"prompt": str | [messages]}' in entries["--prompts"]  # not eaten as markup
+
+
+def other_command_cases():
+    """Commands with hand-written options: every number gets a word, every bounded number a value
+    past its bound, every --device a device that does not exist."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    stack = [((), root)]
+    while stack:
+        path, command = stack.pop()
+        if hasattr(command, "commands"):
+            stack += [((*path, name), sub) for name, sub in command.commands.items()]
+            continue
+        for param in command.params:
+            flag = max(param.opts, key=len)
+            if param.param_type_name != "option" or getattr(param, "is_flag", False):
+                continue
+            if path[0] in COMMANDS:
+                continue  # walked from the config dataclasses above
+            default = param.default
+            bad = []
+            if isinstance(default, int | float) and not isinstance(default, bool):
+                bad.append("many")
+                if param.min is not None:
+                    bad.append(str(param.min - 1))
+                if param.max is not None:
+                    bad.append(str(param.max + 1))
+            if flag == "--device":
+                bad.append("tpu")
+            for value in bad:
+                yield pytest.param(path, flag, value, id=f"{' '.join(path)}{flag}={value}")
+
+
+@pytest.mark.parametrize("path, flag, value", list(other_command_cases()))
+def test_a_bad_number_or_device_for_any_other_command_is_one_line(inputs, tmp_path, path, flag, value):
+    folder, pairs, prompts = inputs
+    # Required options get plausible values; the bad flag comes first, so it is the one parsed first.
+    required = {"--model": "tiny", "--prompts": str(prompts), "--out": str(tmp_path / "out"), "--rm": str(tmp_path),
+                "--data": str(pairs), "--reward": "judge:sentiment", "--db": f"sqlite:///{tmp_path / 'x.db'}",
+                "--project": "p", "--judge": "sentiment", "--candidates": str(pairs)}  # fmt: skip
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for part in path:
+        command = command.commands[part]
+    args = [*path, flag, value]
+    for param in command.params:
+        name = max(param.opts, key=len)
+        if param.required and param.param_type_name == "option" and name != flag:
+            args += [name, required[name]]
+        elif param.required:
+            args.append(str(pairs))  # a positional FILE / RUN_DIR
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, f"{args}\n{result.output}"
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and result.stderr.strip().splitlines()[-1] == lines[0], result.stderr
+    assert "Traceback" not in result.output

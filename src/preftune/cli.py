@@ -251,7 +251,7 @@ def data_convert(
 def generate(
     model: str = typer.Option(..., "--model", help="Local folder, hub name, or alias (smollm2-135m, tiny)."),
     prompts: Path = typer.Option(..., "--prompts", help='JSONL of {"prompt": str | [messages]}, or text, one prompt per line.'),
-    n: int = typer.Option(1, "-n", help="Completions per prompt."),
+    n: int = typer.Option(1, "-n", min=1, help="Completions per prompt."),
     out: Path = typer.Option(..., "-o", "--out", help='JSONL to write: {"prompt": ..., "completions": [...]} per line.'),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0),

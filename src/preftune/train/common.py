@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, TrainConfig, save_config
+from ..config import DEVICE, ConfigError, TrainConfig, save_config
 from ..models.load import atomic_folder, cache_dir, write_pretrained
 from . import distributed
 
@@ -25,6 +25,8 @@ from . import distributed
 
 def pick_device(name: str = "auto") -> torch.device:
     """The training device; on CPU, also `keep_freed_cpu_memory()`."""
+    if not DEVICE.accepts(name):  # commands outside the config layer (score, eval) pass names here too
+        raise ConfigError("--device", 0, DEVICE.reason.format(value=name))
     device = (
         torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
     )
