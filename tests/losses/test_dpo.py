@@ -105,6 +105,13 @@ def test_ipo_summed_matches_closed_form():
     np.testing.assert_allclose(loss.numpy(), [0.25, 1.0, 4.0], rtol=1e-12)
 
 
+def test_ipo_target_is_one_over_two_beta_at_a_beta_where_the_candidates_differ():
+    # At beta 0.5 the targets 1/(2 beta), 2 beta and 1 coincide; at 0.2 they are 2.5, 0.4 and 1
+    # (and 1/beta = 5), so only the right one gives (1.5-2.5)^2, (0-2.5)^2, (-1-2.5)^2.
+    loss, _ = ipo_loss(*tensors(), beta=0.2)
+    np.testing.assert_allclose(loss.numpy(), [1.0, 6.25, 12.25], rtol=1e-12)
+
+
 def test_ipo_length_normalized_matches_closed_form():
     loss, metrics = ipo_loss(*tensors(), beta=BETA, length_normalize=True, **lengths())
     pc, pr, rc, rr = map(np.array, (POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED))
