@@ -32,7 +32,9 @@ def runs(tmp_path_factory):
         lora = train_dpo(resolve_config(DPOConfig, None, common_settings | dict(out=str(root / "lora"), lora=True, merge=True)),
                          show_progress=False)  # fmt: skip
         rm = train_reward_model(resolve_config(RMConfig, None, common_settings | dict(out=str(root / "rm"))), show_progress=False)
-    return {"full": full, "lora": lora, "rm": rm, "data": data}
+        rm_lora = train_reward_model(resolve_config(RMConfig, None, common_settings | dict(out=str(root / "rm-lora"), lora=True)),
+                                     show_progress=False)  # fmt: skip
+    return {"full": full, "lora": lora, "rm": rm, "rm_lora": rm_lora, "data": data}
 
 
 def logits(model, ids=(1, 5, 9, 13)):
@@ -93,3 +95,21 @@ def test_run_folders_stand_for_their_final_model(runs):
     assert json.loads(result.stdout)["pairs"] == len(ROWS)
     policy = CliRunner().invoke(app, ["generate", "--model", str(runs["rm"]), "--prompts", str(runs["data"]), "-o", "x.jsonl"])
     assert policy.exit_code == 2 and "is a reward model" in policy.stderr
+
+
+def test_a_lora_reward_model_loads_in_peft(runs):
+    """The trunk's adapter names a base AutoModel loads; with head.safetensors, the same scores."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    backbone = runs["rm_lora"] / "final" / "backbone"
+    base = json.loads((backbone / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str((backbone / "base").resolve())
+    trunk = PeftModel.from_pretrained(AutoModel.from_pretrained(base), backbone).eval()
+    head = load_file(str(runs["rm_lora"] / "final" / "head.safetensors"))["weight"]
+    ours, _ = load_scalar_model(runs["rm_lora"] / "final")
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        theirs = trunk(input_ids=ids).last_hidden_state[0, -1] @ head[0]
+        torch.testing.assert_close(theirs, ours(ids, torch.ones_like(ids))[0, -1])

@@ -245,10 +245,12 @@ def write_pretrained(model, tokenizer, folder: str | Path, final_folder: str | P
     (a temp folder that becomes `final_folder` when given, as `atomic_folder` does)."""
     quiet_transformers()
     if _is_peft(model):
-        with _loadable_base_name(model, Path(folder), Path(final_folder or folder), tokenizer):
+        with loadable_base_name(model, Path(folder), Path(final_folder or folder), tokenizer):
             # peft's default ("auto") asks the hub whether the base's vocabulary was resized, which
             # stalls offline; preftune never resizes embeddings, so the answer is always no.
             model.save_pretrained(folder, save_embedding_layers=False)
+    elif getattr(model, "names_its_base_on_save", False):  # a reward model with a LoRA trunk
+        model.save_pretrained(folder, final_folder=Path(final_folder or folder), tokenizer=tokenizer)
     else:
         model.save_pretrained(folder)
     if tokenizer is not None:
@@ -260,13 +262,13 @@ def write_pretrained(model, tokenizer, folder: str | Path, final_folder: str | P
 
 
 @contextlib.contextmanager
-def _loadable_base_name(model, folder: Path, final_folder: Path, tokenizer) -> Iterator[None]:
+def loadable_base_name(model, folder: Path, final_folder: Path, tokenizer, base_name: str | None = None) -> Iterator[None]:
     """While an adapter is saved, name its base so that peft and transformers can load it: an
     alias means nothing to them. `smollm2-135m` becomes its converted folder; a `tiny:SEED` base
     (built in-process, on no disk) is written beside the adapter as `base/` and named by path."""
     configs = list(model.peft_config.values())
     recorded = [c.base_model_name_or_path for c in configs]
-    base = recorded[0] or ""
+    base = base_name or recorded[0] or ""
     tiny = _TINY_NAME.match(base)
     if tiny:
         from preftune.models.tiny import tiny_model, tiny_tokenizer

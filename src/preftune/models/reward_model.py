@@ -44,6 +44,7 @@ from .load import (
     ModelLoadError,
     load_policy,
     load_tokenizer,
+    loadable_base_name,
     quiet_transformers,
     run_final_folder,
     save_model,
@@ -97,20 +98,26 @@ class ScalarHeadModel(torch.nn.Module):
         return self.head(hidden).squeeze(-1).float()
 
     # -- saving: `save_pretrained` is what `load.write_pretrained` (and so checkpoints) call ------
-    def save_pretrained(self, folder: str | Path) -> None:
+    names_its_base_on_save = True  # `write_pretrained` passes the final folder and the tokenizer
+
+    def save_pretrained(self, folder: str | Path, final_folder: str | Path | None = None, tokenizer=None) -> None:
         """Write the layout described in the module docstring into `folder` (not atomic: see
-        `save_scalar_model`)."""
+        `save_scalar_model`; `final_folder` is where it will end up, for a LoRA trunk's base path)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        final_folder = Path(final_folder or folder)
         # A head with a bias (a version-1 model loaded and saved again) keeps the version-1 layout:
         # transformers' "score" has no bias, so that layout could not give the same scores.
         has_bias = self.head.bias is not None and bool(self.head.bias.detach().abs().max() != 0)
         if self.is_lora or has_bias:
             if self.is_lora:
-                # Offline: peft's default would ask the hub whether embeddings were resized (never).
-                self.backbone.save_pretrained(folder / BACKBONE_DIR, save_embedding_layers=False)
+                # The adapter names a base peft can load (AutoModel + this adapter = the trunk).
+                with loadable_base_name(self.backbone, folder / BACKBONE_DIR, final_folder / BACKBONE_DIR, tokenizer,
+                                        base_name=self.base_model_name):  # fmt: skip
+                    # Offline: peft's default would ask the hub whether embeddings were resized (never).
+                    self.backbone.save_pretrained(folder / BACKBONE_DIR, save_embedding_layers=False)
             else:
                 self.backbone.save_pretrained(folder / BACKBONE_DIR)
             head = {"weight": self.head.weight.detach().float().cpu().contiguous()}
