@@ -43,7 +43,7 @@ class OneLineErrors(typer.core.TyperGroup):
             if not standalone_mode:
                 raise
             err.show()
-            sys.exit(0)
+            sys.exit(err.exit_code)
         except click_errors.ClickException as err:
             if not standalone_mode:
                 raise
