@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from .locate import close_match, hub_problem, looks_local, run_final_folder
+
 # peft 0.x still reads transformers' old `is_gradient_checkpointing` name when it wraps a model, and
 # transformers 5 warns about it on every wrap: noise in every LoRA run's output, nothing to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -99,61 +101,12 @@ def resolve_model_path(name: str) -> str:
     path = run_final_folder(Path(name).expanduser())
     if path.exists():
         return str(path.resolve())
-    if not _HUB_ID.match(name) or _looks_local(name):
-        raise ModelLoadError(f"model {name!r}", f"no such file or folder{_close_match(path)}")
-    _check_hub(name)
+    if not _HUB_ID.match(name) or looks_local(name):
+        raise ModelLoadError(f"model {name!r}", f"no such file or folder{close_match(path)}")
+    problem = hub_problem(name)
+    if problem:
+        raise ModelLoadError(f"model {name!r}", problem)
     return name
-
-
-def _looks_local(name: str) -> bool:
-    """A name meant as a path, not "org/model": it starts like a path, or its first part is a
-    folder here (`runs/dpo_sigmod` when runs/ exists), or it ends like a weights file."""
-    first = Path(name).parts[0] if Path(name).parts else ""
-    return (
-        name.startswith((".", "/", "~"))
-        or ("/" in name and Path(first).is_dir())
-        or name.lower().endswith((".gguf", ".safetensors", ".bin", ".pt", ".jsonl", ".json"))
-    )
-
-
-def _close_match(path: Path) -> str:
-    import difflib
-
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        return f" (nor is its folder {parent})"
-    names = [p.name for p in parent.iterdir() if not p.name.startswith(".")]
-    match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
-    return f"; did you mean {parent / match[0]}?" if match else ""
-
-
-def _check_hub(name: str) -> None:
-    """Fail at once, in one line, when a hub model is neither cached nor reachable, instead of
-    letting transformers retry for most of a minute and print a warning per try."""
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
-        return  # offline mode (transformers then says "not cached" in one go) or a cached copy
-    try:
-        huggingface_hub.HfApi().model_info(name, timeout=10)
-    except huggingface_hub.errors.RepositoryNotFoundError:
-        raise ModelLoadError(f"model {name!r}", "not a local path, and the Hugging Face hub has no such model") from None
-    except huggingface_hub.errors.HfHubHTTPError:
-        return  # reachable (gated, rate-limited...): let from_pretrained say what it says
-    except Exception as exc:  # DNS, connection, timeout: the hub cannot be reached from here
-        raise ModelLoadError(
-            f"model {name!r}", f"not a local path, not in the local cache, and the Hugging Face hub is unreachable ({_one_line(exc)})"
-        ) from None
-
-
-def run_final_folder(path: Path) -> Path:
-    """A run folder (the --out of sft, dpo, rm or ppo) stands for its `final/` model; any other
-    path comes back as it is. So `--model runs/dpo`, `--ref` and `--rm` take a run folder."""
-    is_model = any((path / name).exists() for name in ("config.json", "adapter_config.json", "preftune_scalar.json"))
-    if path.is_dir() and not is_model and (path / "final").is_dir() and (path / "config.yaml").is_file():
-        return path / "final"
-    return path
 
 
 def load_tokenizer(name: str):
