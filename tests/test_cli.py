@@ -100,3 +100,28 @@ def test_training_errors_are_one_line(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: tiny\nbetta: 1\n")
     assert_one_line_error(run(*base, "--config", config), f"{config}:2: unknown setting 'betta'")
+
+
+def test_serve_on_a_busy_port_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("serve", "--port", port, "--db", f"sqlite:///{tmp_path / 'x.db'}")
+    assert_one_line_error(result, f"--port {port}: cannot listen on 127.0.0.1:{port}")
+    assert not (tmp_path / "x.db").exists()  # refused before anything was created
+
+
+def test_transformers_progress_bars_are_silent(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from preftune.models.load import load_policy, save_model
+
+    hf_logging.enable_progress_bar()  # as in a fresh process
+    model, tokenizer = load_policy("tiny")
+    save_model(model, tokenizer, tmp_path / "m")
+    load_policy(str(tmp_path / "m"))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err, err

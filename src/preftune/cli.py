@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
+from .cli_errors import BOOL_FLAGS, OneLineErrors
 from .config import ROLLOUT_ENGINE_HELP, ROLLOUT_PRECISION_HELP
 from .data.schema import DataError
 
@@ -28,8 +29,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
+    # Plain help: rich markup would swallow "[default: 0.1]", "[required]" and "str | [messages]".
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Inspect and convert preference data.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect and convert preference data.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
@@ -137,6 +141,8 @@ def _print_inspect(summary: dict) -> None:
     table.add_row("pairs kept", str(summary["pairs_kept"]))
     for reason, count in summary["dropped"].items():
         table.add_row(f"dropped: {reason}", str(count))
+    for note in summary.get("notes", []):
+        table.add_row("note", note)
     for part, stats in summary.get("tokens", {}).items():
         table.add_row(f"{part} tokens p50 / p95", f"{stats['p50']:.0f} / {stats['p95']:.0f}")
     for check, count in summary.get("token_checks", {}).items():
@@ -158,7 +164,8 @@ def data_convert(
     pairs, report = read_pairs(file, format=format)
     write_jsonl(pairs, out)
     dropped = sum(report.dropped.values())
-    typer.echo(f"wrote {len(pairs)} pairs to {out} (read {report.rows_read} rows, dropped {dropped})")
+    notes = "".join(f"; {note}" for note in report.notes)
+    typer.echo(f"wrote {len(pairs)} pairs to {out} (read {report.rows_read} rows, dropped {dropped}{notes})")
 
 
 @app.command("generate")
@@ -166,7 +173,7 @@ def data_convert(
 def generate(
     model: str = typer.Option(..., "--model", help="Local folder, hub name, or alias (smollm2-135m, tiny)."),
     prompts: Path = typer.Option(..., "--prompts", help='JSONL of {"prompt": str | [messages]}, or text, one prompt per line.'),
-    n: int = typer.Option(1, "-n", help="Completions per prompt."),
+    n: int = typer.Option(1, "-n", min=1, help="Completions per prompt."),
     out: Path = typer.Option(..., "-o", "--out", help='JSONL to write: {"prompt": ..., "completions": [...]} per line.'),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0),
@@ -217,8 +224,10 @@ def generate(
     )
 
 
-def _metavar(annotation) -> str:
+def _metavar(annotation, check=None) -> str:
     """How --help names a flag's value; the value itself is checked by config.resolve_config."""
+    if check is not None and check.choices:
+        return "|".join(check.choices)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args else annotation
     if typing.get_origin(base) is typing.Literal:
@@ -239,6 +248,7 @@ def add_config_command(name: str, config_class: type, run: typing.Callable, summ
             default=typer.Option(None, "--config", help="YAML file of settings; flags override it."),
         )
     ]  # fmt: skip
+    BOOL_FLAGS[name] = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(config_class) if hints[f.name] is bool}
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
         decl = f"{flag}/--no-{field.name.replace('_', '-')}" if hints[field.name] is bool else flag
@@ -253,7 +263,7 @@ def add_config_command(name: str, config_class: type, run: typing.Callable, summ
                 # same one-line "--flag: reason" error from a flag as from a config file.
                 field.name, inspect.Parameter.KEYWORD_ONLY,
                 annotation=bool | None if hints[field.name] is bool else str | None,
-                default=typer.Option(None, decl, help=help_text, show_default=False, metavar=_metavar(hints[field.name])),
+                default=typer.Option(None, decl, help=help_text, show_default=False, metavar=_metavar(hints[field.name], field.metadata.get("check"))),
             )
         )  # fmt: skip
 
@@ -359,10 +369,24 @@ def serve(
     """Run the labeling app, the training dashboard (/runs) and the playground (/playground)."""
     from .web.app import serve as run_server
 
+    _check_port_free(host, port)
     try:
         run_server(db=db, host=host, port=port, runs=runs)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port is one line and exit 2 here, before uvicorn logs a traceback-like error."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            _fail(f"--port {port}: cannot listen on {host}:{port}: {err.strerror or err} (another server there? pick another --port)")
 
 
 @app.command("report")

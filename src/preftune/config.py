@@ -9,8 +9,10 @@ run folder and checkpoint, and reads back to an equal object.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,12 +28,64 @@ class ConfigError(DataError):
     """A bad config file or value: `FILE:LINE: reason`, like every input error."""
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A config field with its help text (shown by `--help` and in the saved config's comments)."""
+@dataclass(frozen=True)
+class Check:
+    """A rule a setting's value must follow, and a value that breaks it (the flag-walking test
+    feeds `breaking_value` to every flag, so a new setting with a rule is tested by itself)."""
+
+    accepts: Callable[[Any], bool]
+    reason: str
+    breaking_value: Any
+    choices: tuple[str, ...] = ()  # for a setting that takes one of a few names (shown by --help)
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda v: v >= low, f"must be >= {low}, got {{value}}", low - 1)
+
+
+def above(low: float) -> Check:
+    return Check(lambda v: v > low, f"must be > {low}, got {{value}}", low)
+
+
+def fraction(*, below_one: bool = False, above_zero: bool = False) -> Check:
+    """A value in [0, 1], (0, 1], [0, 1) or (0, 1)."""
+    low, high = ("(" if above_zero else "["), (")" if below_one else "]")
+    return Check(
+        lambda v: (v > 0 if above_zero else v >= 0) and (v < 1 if below_one else v <= 1),
+        f"must be in {low}0, 1{high}, got {{value}}",
+        -0.1,
+    )
+
+
+def one_of(*choices: str) -> Check:
+    return Check(lambda v: v in choices, f"must be one of {', '.join(choices)}, got {{value!r}}", "bogus", choices)
+
+
+DEVICE = Check(lambda v: v in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", v) is not None,
+               "must be auto, cpu, cuda, cuda:N or mps, got {value!r}", "tpu")  # fmt: skip
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", check: Check | None = None, **kwargs: Any) -> Any:
+    """A config field with its help text (shown by `--help` and in the saved config's comments) and
+    the rule its value must follow, checked by `resolve_config` for flags and files alike."""
     if isinstance(default, list | dict):
         kwargs["default_factory"] = lambda d=default: type(d)(d)
         default = dataclasses.MISSING
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help, "check": check}, **kwargs)
+
+
+def check_value(field: dataclasses.Field, value: Any, where: str) -> None:
+    """Raise `ConfigError(where, 0, reason)` when `value` breaks the field's rule (None passes)."""
+    check = field.metadata.get("check")
+    if check is not None and value is not None and not check.accepts(value):
+        raise ConfigError(where, 0, check.reason.format(value=value))
+
+
+def check_relations(config: Any) -> None:
+    """Rules between settings (`relations()` of the config class), as one-line errors."""
+    for flag, ok, reason in config.relations() if hasattr(config, "relations") else ():
+        if not ok:
+            raise ConfigError(flag, 0, reason)
 
 
 def help_of(cls: type, name: str) -> str:
@@ -123,6 +177,7 @@ def resolve_config(cls: type[C], config_file: str | Path | None = None, override
                 raise ConfigError(path, lines.get(key, 0), f"unknown setting '{key}'; known: {', '.join(fields)}")
             try:
                 values[key_name] = _coerce(value, hints[key_name], str(path))
+                check_value(fields[key_name], values[key_name], str(path))
             except ConfigError as err:
                 raise ConfigError(path, lines.get(key, 0), f"{key}: {err.reason}") from None
     for key, value in (overrides or {}).items():
@@ -132,6 +187,7 @@ def resolve_config(cls: type[C], config_file: str | Path | None = None, override
             raise ConfigError("--" + key.replace("_", "-"), 0, "unknown setting")
         try:
             values[key] = _coerce(value, hints[key], "--" + key.replace("_", "-"))
+            check_value(fields[key], values[key], "--" + key.replace("_", "-"))
         except ConfigError as err:
             raise ConfigError(err.path, 0, err.reason) from None
     missing = [
@@ -142,7 +198,9 @@ def resolve_config(cls: type[C], config_file: str | Path | None = None, override
     if missing:
         flags = ", ".join("--" + m.replace("_", "-") for m in missing)
         raise ConfigError(str(config_file or "command line"), 0, f"missing required setting(s): {flags}")
-    return cls(**values)
+    config = cls(**values)
+    check_relations(config)
+    return config
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -174,6 +232,8 @@ ROLLOUT_ENGINE_HELP = (
     "hf (transformers' generate; any model), vllm (CUDA, extra [gpu]); auto: slots where it applies, else hf."
 )
 ROLLOUT_PRECISION_HELP = "Sampling precision: auto (bf16 on CUDA and on CPUs with bf16 units, else fp32), fp32 or bf16."
+# The names of losses/dpo.py's DPO_LOSSES (a test keeps them equal; config must not import torch).
+DPO_LOSS_NAMES = ("sigmoid", "robust", "cdpo", "ipo", "hinge", "simpo")
 
 
 @dataclass
@@ -183,60 +243,75 @@ class TrainConfig:
     model: str = setting(help="Policy to train: local folder, hub name, or alias (smollm2-135m, tiny).")
     data: str = setting(help="Training data file (any format `preftune data inspect` reads).")
     out: str = setting(help="Run folder: config.yaml, metrics.jsonl, checkpoints/, final/.")
-    format: str | None = setting(None, help="Data format (pairs, messages, hh, sharegpt); default: detect.")
+    format: str | None = setting(None, help="Data format (pairs, messages, hh, sharegpt); default: detect.", check=one_of("pairs", "messages", "hh", "sharegpt"))
     eval_data: str | None = setting(None, help="Held-out data file; without it, --eval-split of --data is held out.")
-    eval_split: float = setting(0.0, help="Fraction of --data held out for evaluation when --eval-data is not given.")
-    eval_every: int = setting(0, help="Evaluate every N optimizer steps (0: only at the end, if there is eval data).")
-    max_steps: int = setting(0, help="Optimizer steps to run; 0 means use --epochs.")
-    epochs: float = setting(1.0, help="Passes over the training data (used when --max-steps is 0).")
-    batch_size: int = setting(4, help="Pairs (or sequences) per micro-batch.")
-    grad_accum: int = setting(1, help="Micro-batches per optimizer step.")
-    lr: float = setting(5e-6, help="Peak learning rate (AdamW).")
-    weight_decay: float = setting(0.0, help="AdamW weight decay.")
-    warmup_steps: int = setting(0, help="Linear warmup steps.")
-    warmup_ratio: float = setting(0.0, help="Warmup as a fraction of all steps (used when --warmup-steps is 0).")
-    scheduler: str = setting("linear", help="Decay after warmup: linear, cosine or constant.")
-    max_grad_norm: float = setting(1.0, help="Clip the gradient norm to this (0 disables clipping).")
-    max_length: int = setting(1024, help="Max tokens of prompt + response.")
-    max_prompt_length: int = setting(512, help="Max prompt tokens (the oldest turns go first).")
+    eval_split: float = setting(0.0, help="Fraction of --data held out for evaluation when --eval-data is not given.", check=fraction(below_one=True))
+    eval_every: int = setting(0, help="Evaluate every N optimizer steps (0: only at the end, if there is eval data).", check=at_least(0))
+    max_steps: int = setting(0, help="Optimizer steps to run; 0 means use --epochs.", check=at_least(0))
+    epochs: float = setting(1.0, help="Passes over the training data (used when --max-steps is 0).", check=above(0))
+    batch_size: int = setting(4, help="Pairs (or sequences) per micro-batch.", check=at_least(1))
+    grad_accum: int = setting(1, help="Micro-batches per optimizer step.", check=at_least(1))
+    lr: float = setting(5e-6, help="Peak learning rate (AdamW).", check=above(0))
+    weight_decay: float = setting(0.0, help="AdamW weight decay.", check=at_least(0))
+    warmup_steps: int = setting(0, help="Linear warmup steps.", check=at_least(0))
+    warmup_ratio: float = setting(0.0, help="Warmup as a fraction of all steps (used when --warmup-steps is 0).", check=fraction())
+    scheduler: str = setting("linear", help="Decay after warmup: linear, cosine or constant.", check=one_of("linear", "cosine", "constant"))
+    max_grad_norm: float = setting(1.0, help="Clip the gradient norm to this (0 disables clipping).", check=at_least(0))
+    max_length: int = setting(1024, help="Max tokens of prompt + response.", check=at_least(2))
+    max_prompt_length: int = setting(512, help="Max prompt tokens (the oldest turns go first).", check=at_least(1))
     lora: bool = setting(False, help="Train a LoRA adapter instead of all weights.")
-    lora_r: int = setting(16, help="LoRA rank.")
-    lora_alpha: int = setting(32, help="LoRA alpha.")
-    lora_dropout: float = setting(0.0, help="LoRA dropout.")
+    lora_r: int = setting(16, help="LoRA rank.", check=at_least(1))
+    lora_alpha: int = setting(32, help="LoRA alpha.", check=at_least(1))
+    lora_dropout: float = setting(0.0, help="LoRA dropout.", check=fraction(below_one=True))
     merge: bool = setting(False, help="With --lora, also write a merged full model to final/merged/.")
-    seed: int = setting(0, help="Seed for weights, data order and sampling.")
-    log_every: int = setting(1, help="Log metrics every N optimizer steps.")
-    save_every: int = setting(0, help="Checkpoint every N optimizer steps (0: only at the end and on signals).")
-    keep_last: int = setting(2, help="Checkpoints to keep.")
+    seed: int = setting(0, help="Seed for weights, data order and sampling.", check=at_least(0))
+    log_every: int = setting(1, help="Log metrics every N optimizer steps.", check=at_least(1))
+    save_every: int = setting(0, help="Checkpoint every N optimizer steps (0: only at the end and on signals).", check=at_least(0))
+    keep_last: int = setting(2, help="Checkpoints to keep (0: all).", check=at_least(0))
     resume: bool = setting(False, help="Continue from the newest checkpoint in --out.")
-    report_to: str = setting("none", help="Mirror metrics to tensorboard, wandb or none.")
-    precision: str = setting("auto", help="auto (fp32 on CPU, bf16 autocast on CUDA), fp32 or bf16.")
-    device: str = setting("auto", help="auto, cpu or cuda.")
+    overwrite: bool = setting(False, help="Replace the run already in --out (without it, or --resume, a used --out is refused).")
+    report_to: str = setting("none", help="Mirror metrics to tensorboard, wandb or none.", check=one_of("none", "tensorboard", "wandb"))
+    precision: str = setting("auto", help="auto (fp32 on CPU, bf16 autocast on CUDA), fp32 or bf16.", check=one_of("auto", "fp32", "bf16"))
+    device: str = setting("auto", help="auto, cpu or cuda.", check=DEVICE)
     batching: typing.Literal["fast", "padded"] = setting("fast", help="Pair layout: fast (prefix-shared, packed, LM head only on completions) or padded (the plain reference layout).")
-    pack_length: int = setting(0, help="With --batching fast, tokens per packed row (0: as long as the longest pair in the batch; 1: one pair per row, no packing).")
+    pack_length: int = setting(0, help="With --batching fast, tokens per packed row (0: as long as the longest pair in the batch; 1: one pair per row, no packing).", check=at_least(0))
     activation_checkpointing: typing.Literal["off", "selective", "full"] = setting("off", help="Recompute activations in the backward pass to save memory: selective (element-wise ops only; about half the activation memory, little time) or full (whole blocks; least memory, about 1/3 slower).")
     fsdp: bool = setting(False, help="Under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2) instead of replicating them (DDP, the default); a no-op in one process.")
     fsdp_offload: bool = setting(False, help="With --fsdp on CUDA, keep the sharded parameters, gradients and optimizer state in CPU memory (slower; for models that do not fit).")
-    dist_backend: str = setting("auto", help="Under torchrun: auto (nccl on CUDA, gloo on CPU), nccl or gloo.")
-    dist_timeout: float = setting(1800.0, help="Under torchrun, seconds a collective operation waits for the other processes before the run fails (a dead or hung worker then ends it with an error, not a hang).")
+    dist_backend: str = setting("auto", help="Under torchrun: auto (nccl on CUDA, gloo on CPU), nccl or gloo.", check=one_of("auto", "nccl", "gloo"))
+    dist_timeout: float = setting(1800.0, help="Under torchrun, seconds a collective operation waits for the other processes before the run fails (a dead or hung worker then ends it with an error, not a hang).", check=above(0))
     compile: bool = setting(False, help="torch.compile each transformer block (worth it on CUDA; the first steps are slow while it compiles).")
     tf32: bool = setting(True, help="On CUDA, let fp32 matmuls use TF32 tensor cores (Ampere and newer); no effect on CPU.")
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        """Rules between settings: (flag to blame, holds, reason)."""
+        return [
+            ("--max-prompt-length", self.max_prompt_length < self.max_length,
+             f"{self.max_prompt_length} must be below --max-length {self.max_length}"),
+            ("--eval-split", not (self.eval_split > 0 and self.eval_data), "give --eval-data or --eval-split, not both"),
+            ("--merge", self.lora or not self.merge, "needs --lora (without it final/ is already a full model)"),
+        ]  # fmt: skip
 
 
 @dataclass
 class SFTConfig(TrainConfig):
     """`preftune sft`: supervised fine-tuning on responses (the chosen side of pairs, or prompt/response rows)."""
 
+    def relations(self) -> list[tuple[str, bool, str]]:
+        return super().relations() + [
+            ("--eval-split", self.eval_split == 0, "sft holds out data only from --eval-data; give that instead"),
+        ]
+
 
 @dataclass
 class DPOConfig(TrainConfig):
-    loss: str = setting("sigmoid", help="sigmoid (DPO), robust, cdpo, ipo, hinge or simpo.")
-    beta: float = setting(0.1, help="Strength of the implicit KL constraint (DPO's beta).")
-    label_smoothing: float = setting(0.0, help="Label-flip rate epsilon for robust and cdpo.")
+    loss: str = setting("sigmoid", help="sigmoid (DPO), robust, cdpo, ipo, hinge or simpo.", check=one_of(*DPO_LOSS_NAMES))
+    beta: float = setting(0.1, help="Strength of the implicit KL constraint (DPO's beta).", check=above(0))
+    label_smoothing: float = setting(0.0, help="Label-flip rate epsilon for robust and cdpo.", check=Check(lambda v: 0 <= v < 0.5, "must be in [0, 0.5) (a flip rate of 1/2 or more inverts the labels), got {value}", 0.5))
     length_normalize: bool = setting(False, help="ipo: use per-token mean log-probs instead of sums.")
-    gamma: float = setting(0.5, help="simpo: target reward margin.")
-    sft_weight: float = setting(0.0, help="Weight of an NLL term on the chosen response (RPO).")
-    ref: str = setting("auto", help="Reference log-probs: precompute, copy, adapter (auto: adapter with --lora, else precompute).")
+    gamma: float = setting(0.5, help="simpo: target reward margin.", check=at_least(0))
+    sft_weight: float = setting(0.0, help="Weight of an NLL term on the chosen responses (RPO), one mean over all their tokens in the micro-batch, as TRL's \"sft\" loss term.", check=at_least(0))
+    ref: str = setting("auto", help="Reference log-probs: precompute, copy, adapter (auto: adapter with --lora, else precompute).", check=one_of("auto", "precompute", "copy", "adapter", "none"))
 
 
 @dataclass
@@ -244,8 +319,8 @@ class RMConfig(TrainConfig):
     """`preftune rm`: a Bradley-Terry reward model (causal-LM trunk + scalar head)."""
 
     use_margin: bool = setting(True, help="Subtract each pair's margin (from the data) from the reward gap: -log sigmoid(r_c - r_r - m).")
-    center_coef: float = setting(0.0, help="Weight of the centering term (r_c + r_r)^2 that keeps rewards near 0 (0.01 is usual).")
-    lora_top_layers: int = setting(0, help="With --lora, adapt only the last N transformer blocks (0: all); backward stops below them, much faster on CPU.")
+    center_coef: float = setting(0.0, help="Weight of the centering term (r_c + r_r)^2 that keeps rewards near 0 (0.01 is usual).", check=at_least(0))
+    lora_top_layers: int = setting(0, help="With --lora, adapt only the last N transformer blocks (0: all); backward stops below them, much faster on CPU.", check=at_least(0))
 
 
 @dataclass(kw_only=True)
@@ -259,32 +334,47 @@ class PPOConfig(TrainConfig):
     """
 
     data: str | None = setting(None, help="Unused by ppo: prompts come from --prompts.")
-    eval_split: float = setting(0.0, help="Fraction of --prompts held out for evaluation when --eval-data is not given.")
+    eval_split: float = setting(0.0, help="Fraction of --prompts held out for evaluation when --eval-data is not given.", check=fraction(below_one=True))
     prompts: str = setting(help='Prompts: JSONL of {"prompt": str | [messages]}, or .txt with one prompt per line.')
     reward: str = setting(help="What scores completions: rm:DIR (a reward model), judge:sentiment or judge:readability.")
-    iterations: int = setting(100, help="PPO iterations (rollout + update).")
-    rollout_batch: int = setting(16, help="Prompts sampled per iteration, one completion each.")
-    ppo_epochs: int = setting(4, help="Passes over each rollout.")
-    max_new_tokens: int = setting(48, help="Longest completion; a completion cut here has no EOS.")
-    temperature: float = setting(1.0, help="Sampling temperature; the log-probs of ratio and KL use the same one.")
-    top_k: int = setting(0, help="Top-k sampling (0: off). Biases the KL estimate; a warning says so.")
-    top_p: float = setting(1.0, help="Nucleus sampling (1: off). Biases the KL estimate; a warning says so.")
-    kl_coef: float = setting(0.05, help="KL penalty coefficient (the initial value with --target-kl).")
-    target_kl: float = setting(0.0, help="Adaptive KL controller target, in nats per completion (0: fixed --kl-coef).")
-    kl_horizon: float = setting(10000.0, help="Adaptive controller horizon, in completions (Ziegler et al. 2019).")
-    kl_estimator: str = setting("k1", help="Per-token KL estimator in the penalty: k1 (log-ratio) or k3 (unbiased, >= 0).")
-    gamma: float = setting(1.0, help="GAE discount.")
-    lam: float = setting(0.95, help="GAE lambda.")
-    clip_range: float = setting(0.2, help="PPO ratio clip.")
-    clip_range_value: float = setting(0.2, help="Value clip around the rollout-time value.")
-    vf_coef: float = setting(0.1, help="Weight of the value loss in the total loss.")
-    max_approx_kl: float = setting(0.0, help="Stop an iteration's PPO epochs once a minibatch's policy/approxkl_avg exceeds this (0: never).")
-    value: str = setting("separate", help="Value model: separate (scalar-head model; from the reward model with rm:DIR, else the policy's weights) or shared (a head on the policy trunk).")
-    missing_eos_penalty: float = setting(0.0, help="Subtracted from the score of a completion that hit --max-new-tokens without EOS.")
-    score_clip: float = setting(0.0, help="Clip scores to [-c, c] (0: no clip).")
+    iterations: int = setting(100, help="PPO iterations (rollout + update).", check=at_least(1))
+    rollout_batch: int = setting(16, help="Prompts sampled per iteration, one completion each.", check=at_least(1))
+    ppo_epochs: int = setting(4, help="Passes over each rollout.", check=at_least(1))
+    max_new_tokens: int = setting(48, help="Longest completion; a completion cut here has no EOS.", check=at_least(1))
+    temperature: float = setting(1.0, help="Sampling temperature; the log-probs of ratio and KL use the same one.", check=above(0))
+    top_k: int = setting(0, help="Top-k sampling (0: off). Biases the KL estimate; a warning says so.", check=at_least(0))
+    top_p: float = setting(1.0, help="Nucleus sampling (1: off). Biases the KL estimate; a warning says so.", check=fraction(above_zero=True))
+    kl_coef: float = setting(0.05, help="KL penalty coefficient (the initial value with --target-kl).", check=at_least(0))
+    target_kl: float = setting(0.0, help="Adaptive KL controller target, in nats per completion (0: fixed --kl-coef).", check=at_least(0))
+    kl_horizon: float = setting(10000.0, help="Adaptive controller horizon, in completions (Ziegler et al. 2019).", check=above(0))
+    kl_estimator: str = setting("k1", help="Per-token KL estimator in the penalty: k1 (log-ratio) or k3 (unbiased, >= 0).", check=one_of("k1", "k2", "k3"))
+    gamma: float = setting(1.0, help="GAE discount.", check=fraction())
+    lam: float = setting(0.95, help="GAE lambda.", check=fraction())
+    clip_range: float = setting(0.2, help="PPO ratio clip.", check=above(0))
+    clip_range_value: float = setting(0.2, help="Value clip around the rollout-time value.", check=above(0))
+    vf_coef: float = setting(0.1, help="Weight of the value loss in the total loss.", check=at_least(0))
+    max_approx_kl: float = setting(0.0, help="Stop an iteration's PPO epochs once a minibatch's policy/approxkl_avg exceeds this (0: never).", check=at_least(0))
+    value: str = setting("separate", help="Value model: separate (scalar-head model; from the reward model with rm:DIR, else the policy's weights) or shared (a head on the policy trunk).", check=one_of("separate", "shared"))
+    missing_eos_penalty: float = setting(0.0, help="Subtracted from the score of a completion that hit --max-new-tokens without EOS.", check=at_least(0))
+    score_clip: float = setting(0.0, help="Clip scores to [-c, c] (0: no clip).", check=at_least(0))
     normalize_scores: bool = setting(False, help="Whiten each rollout's scores (mean 0, std 1) before the KL penalty.")
     rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
     rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        minibatch = self.batch_size * self.grad_accum
+        unused = "is not used by ppo, which counts --iterations (rollout + update)"
+        shared = [rule for rule in super().relations() if rule[0] != "--max-prompt-length"]  # no --max-length here
+        return shared + [
+            ("--max-steps", self.max_steps == 0, unused),
+            ("--epochs", self.epochs == 1.0, unused),
+            ("--data", self.data is None, "is not used by ppo: prompts come from --prompts"),
+            ("--format", self.format is None, "is not used by ppo: --prompts is JSONL or .txt"),
+            ("--rollout-batch", self.rollout_batch % minibatch == 0,
+             f"must be a multiple of --batch-size x --grad-accum = {minibatch}, got {self.rollout_batch}"),
+            ("--fsdp", not self.fsdp, "not supported by ppo (sampling would have to step every rank in "
+             "lockstep); use DDP, the default under torchrun"),
+        ]  # fmt: skip
 
 
 @dataclass
@@ -295,15 +385,15 @@ class BoNConfig:
     reward: str = setting(help="What picks the best: rm:DIR, judge:sentiment or judge:readability.")
     prompts: str = setting(help='Prompts: JSONL of {"prompt": str | [messages]}, or .txt with one prompt per line.')
     out: str = setting(help="JSONL to write: prompt, best response, its score and all n scores per line.")
-    n: int = setting(16, help="Completions sampled per prompt.")
+    n: int = setting(16, help="Completions sampled per prompt.", check=at_least(1))
     gold: str | None = setting(None, help="Optional second judge that scores the kept completion (e.g. judge:sentiment when --reward is rm:DIR).")
-    max_new_tokens: int = setting(48, help="Longest completion.")
-    temperature: float = setting(1.0, help="Sampling temperature; the KL figure is relative to this sampling distribution.")
-    top_k: int = setting(0, help="Top-k sampling (0: off).")
-    top_p: float = setting(1.0, help="Nucleus sampling (1: off).")
-    seed: int = setting(0, help="Sampling seed.")
-    batch_size: int = setting(16, help="Sequences per generate call.")
-    max_prompt_length: int = setting(512, help="Max prompt tokens (the oldest turns go first).")
-    device: str = setting("auto", help="auto, cpu or cuda.")
+    max_new_tokens: int = setting(48, help="Longest completion.", check=at_least(1))
+    temperature: float = setting(1.0, help="Sampling temperature; the KL figure is relative to this sampling distribution.", check=above(0))
+    top_k: int = setting(0, help="Top-k sampling (0: off).", check=at_least(0))
+    top_p: float = setting(1.0, help="Nucleus sampling (1: off).", check=fraction(above_zero=True))
+    seed: int = setting(0, help="Sampling seed.", check=at_least(0))
+    batch_size: int = setting(16, help="Sequences per generate call.", check=at_least(1))
+    max_prompt_length: int = setting(512, help="Max prompt tokens (the oldest turns go first).", check=at_least(1))
+    device: str = setting("auto", help="auto, cpu or cuda.", check=DEVICE)
     rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
     rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)

@@ -169,8 +169,8 @@ def run_demo(
     write_jsonl(pairs, pairs_file)
     _say(f"      {len(pairs)} pairs ({ties} {left_out} left out) -> {pairs_file}")
 
-    common = dict(model=model, data=str(pairs_file), lora=True, seed=seed, batch_size=4,
-                  max_length=192, max_prompt_length=64, lora_r=16, lora_alpha=32)  # fmt: skip
+    common = dict(model=model, data=str(pairs_file), lora=True, seed=seed, batch_size=4, max_length=192,
+                  max_prompt_length=64, lora_r=16, lora_alpha=32, overwrite=True)  # fmt: skip
     _say(f"[5/{stages}] reward model, then DPO with LoRA")
     rm_out = train_reward_model(resolve_config(RMConfig, None, common | dict(
         out=str(root / "rm"), epochs=size.rm_epochs, lr=2e-4, lora_top_layers=size.rm_top_layers, eval_split=0.2)), show_progress=show)  # fmt: skip
@@ -232,7 +232,7 @@ def run_ppo_pair(
         settings = dict(model=model, prompts=str(prompts_file), reward=f"rm:{rm_dir}", out=str(root / PPO_FOLDERS[label]),
                         iterations=size.ppo_iterations, rollout_batch=size.ppo_rollout, batch_size=4, ppo_epochs=2,
                         max_new_tokens=size.ppo_new_tokens, lr=1e-3, scheduler="constant", lora=True, lora_r=16,
-                        lora_alpha=32, value="shared", seed=seed)  # fmt: skip
+                        lora_alpha=32, value="shared", seed=seed, overwrite=True)  # fmt: skip
         if kl_coef is not None:
             settings["kl_coef"] = kl_coef
         config = resolve_config(PPOConfig, None, settings)

@@ -105,6 +105,13 @@ def test_ipo_summed_matches_closed_form():
     np.testing.assert_allclose(loss.numpy(), [0.25, 1.0, 4.0], rtol=1e-12)
 
 
+def test_ipo_target_is_one_over_two_beta_at_a_beta_where_the_candidates_differ():
+    # At beta 0.5 the targets 1/(2 beta), 2 beta and 1 coincide; at 0.2 they are 2.5, 0.4 and 1
+    # (and 1/beta = 5), so only the right one gives (1.5-2.5)^2, (0-2.5)^2, (-1-2.5)^2.
+    loss, _ = ipo_loss(*tensors(), beta=0.2)
+    np.testing.assert_allclose(loss.numpy(), [1.0, 6.25, 12.25], rtol=1e-12)
+
+
 def test_ipo_length_normalized_matches_closed_form():
     loss, metrics = ipo_loss(*tensors(), beta=BETA, length_normalize=True, **lengths())
     pc, pr, rc, rr = map(np.array, (POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED))
@@ -157,11 +164,12 @@ def test_simpo_gamma_shifts_the_loss_up():
     assert bool((with_margin > without).all())
 
 
-def test_sft_nll_is_per_token_mean():
+def test_sft_nll_is_one_token_mean_over_the_batch():
     nll, metrics = sft_nll(torch.tensor(POLICY_CHOSEN, dtype=torch.float64), torch.tensor(CHOSEN_LENGTHS))
-    # 5/4, 3/2, 8/5.
-    np.testing.assert_allclose(nll.numpy(), [1.25, 1.5, 1.6], rtol=1e-12)
-    assert metrics["nll_loss"].item() == pytest.approx((1.25 + 1.5 + 1.6) / 3)
+    # (5 + 3 + 8) / (4 + 2 + 5) = 16/11: every chosen token weighs the same (TRL's "sft" term), not
+    # the mean of the per-pair means (1.25 + 1.5 + 1.6) / 3 = 1.45.
+    assert nll.item() == pytest.approx(16 / 11, rel=1e-12)
+    assert metrics["nll_loss"].item() == pytest.approx(16 / 11, rel=1e-12)
 
 
 def test_cdpo_and_robust_reduce_to_sigmoid_at_eps_zero():

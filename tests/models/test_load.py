@@ -237,6 +237,9 @@ def test_resolve_model_path(tmp_path, monkeypatch):
     assert resolve_model_path("tiny") == "tiny"
     assert resolve_model_path("tiny:9") == "tiny:9"
     assert resolve_model_path("local") == str(tmp_path / "local")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # a hub name, not looked up
     assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     with pytest.raises(ModelLoadError, match="no such file or folder"):
         resolve_model_path("./runs/missing/checkpoints/step-3")
@@ -382,3 +385,37 @@ def test_smollm2_converted_folder_matches_gguf():
         assert torch.equal(_ids(gguf_tokenizer, chat), ids)
         difference = (_logits(converted, ids) - _logits(from_gguf, ids)).abs().max().item()
         assert difference < 1e-4
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    (tmp_path / "runs" / "dpo_sigmoid").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local-looking path must not reach the hub")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_hub)
+    for name in ("runs/dpo_sigmod", "./model", "~/no-such-model", "weights.safetensors"):
+        start = time.perf_counter()
+        with pytest.raises(ModelLoadError) as error:
+            load_policy(name)
+        assert time.perf_counter() - start < 2
+        _assert_one_line(error, name, "no such file or folder")
+    with pytest.raises(ModelLoadError, match=r"did you mean runs/dpo_sigmoid\?"):
+        load_policy("runs/dpo_sigmod")
+
+
+def test_an_unreachable_hub_fails_at_once_in_one_line(monkeypatch):
+    import huggingface_hub.constants
+
+    # A real refused connection: the hub's address pointed at a closed local port.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    name = "preftune-nobody/no-such-model-4d1f"
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError) as error:
+        load_policy(name)
+    assert time.perf_counter() - start < 10
+    _assert_one_line(error, name, "hub is unreachable")

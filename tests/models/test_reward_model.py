@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from preftune.data.batching import collate_sequences
+from preftune.data.schema import Message
+from preftune.data.tokenize import PairTokenizer
 from preftune.models.load import LoraSettings, ModelLoadError
 from preftune.models.reward_model import (
     ScalarHeadModel,
@@ -107,7 +109,7 @@ def test_head_is_small_seeded_and_the_lm_head_is_gone():
     again, _ = from_causal_lm("tiny", seed=0)
     other, _ = from_causal_lm("tiny", seed=1)
     hidden = first.hidden_size
-    assert first.head.weight.shape == (1, hidden) and first.head.bias.item() == 0.0
+    assert first.head.weight.shape == (1, hidden) and first.head.bias is None  # as transformers' "score"
     assert torch.equal(first.head.weight, again.head.weight)
     assert not torch.equal(first.head.weight, other.head.weight)
     # std 1/sqrt(H+1) (loosely: only H draws)
@@ -119,7 +121,7 @@ def test_lora_trains_only_adapters_and_head():
     model, _ = from_causal_lm("tiny", lora=LoraSettings(r=4, alpha=8))
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert model.is_lora
-    assert "head.weight" in trainable and "head.bias" in trainable
+    assert "head.weight" in trainable
     assert all("lora_" in name for name in trainable if not name.startswith("head."))
     assert any("lora_A" in name for name in trainable)
 
@@ -132,12 +134,51 @@ def test_full_round_trip_gives_identical_rewards(tmp_path):
     before = score_responses(model, tokenizer, PROMPTS, RESPONSES)
     folder = save_scalar_model(model, tokenizer, tmp_path / "rm")
     meta = json.loads((folder / "preftune_scalar.json").read_text())
-    assert meta["backbone"] == "full" and meta["hidden_size"] == model.hidden_size
-    assert (folder / "head.safetensors").is_file() and (folder / "backbone" / "config.json").is_file()
+    assert meta["backbone"] == "full" and meta["hidden_size"] == model.hidden_size and meta["version"] == 2
+    assert (folder / "config.json").is_file() and not (folder / "backbone").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["rm"]  # atomic: no temp folders left behind
     loaded, loaded_tokenizer = load_scalar_model(folder)
     assert score_responses(loaded, loaded_tokenizer, PROMPTS, RESPONSES) == before
     assert not loaded.is_lora
+
+
+def test_a_full_reward_model_loads_in_transformers_with_the_same_scores(tmp_path):
+    """As TRL's reward models: AutoModelForSequenceClassification reads the folder as it is."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model, tokenizer = from_causal_lm("tiny", seed=3)
+    with torch.no_grad():  # a trained-looking head, not the small initial one
+        model.head.weight.mul_(50)
+    ours = score_responses(model, tokenizer, PROMPTS, RESPONSES)
+    folder = save_scalar_model(model, tokenizer, tmp_path / "rm")
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+    pair_tokenizer = PairTokenizer(hf_tokenizer, max_length=512, max_prompt_length=256)
+    theirs = []
+    for prompt, response in zip(PROMPTS, RESPONSES, strict=True):
+        prompt_ids, response_ids, _ = pair_tokenizer.encode_example([Message("user", prompt)], Message("assistant", response))
+        with torch.no_grad():
+            theirs.append(float(classifier(input_ids=torch.tensor([prompt_ids + response_ids])).logits[0, 0]))
+    assert theirs == pytest.approx(ours, abs=1e-5)
+    assert max(ours) - min(ours) > 0.1  # scores that differ, so the comparison means something
+
+
+def test_a_version_1_folder_with_a_head_bias_still_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    model, tokenizer = from_causal_lm("tiny", seed=6)
+    folder = tmp_path / "old"
+    model.backbone.save_pretrained(folder / "backbone")
+    tokenizer.save_pretrained(folder)
+    save_file({"weight": model.head.weight.detach().clone(), "bias": torch.tensor([0.75])}, str(folder / "head.safetensors"))
+    meta = {"format": "preftune-scalar-head", "version": 1, "backbone": "full", "base_model": "tiny:6", "hidden_size": model.hidden_size}
+    (folder / "preftune_scalar.json").write_text(json.dumps(meta))
+    loaded, _ = load_scalar_model(folder)
+    expected = [r + 0.75 for r in score_responses(model, tokenizer, PROMPTS, RESPONSES)]
+    assert score_responses(loaded, tokenizer, PROMPTS, RESPONSES) == pytest.approx(expected, abs=1e-6)
+    resaved = save_scalar_model(loaded, tokenizer, tmp_path / "again")  # keeps its layout: the bias matters
+    assert json.loads((resaved / "preftune_scalar.json").read_text())["version"] == 1
+    assert score_responses(load_scalar_model(resaved)[0], tokenizer, PROMPTS, RESPONSES) == pytest.approx(expected, abs=1e-6)
 
 
 def test_lora_round_trip_saves_only_the_adapter_and_gives_identical_rewards(tmp_path):
@@ -178,15 +219,15 @@ def test_loading_something_else_is_one_clear_line(tmp_path):
         load_scalar_model(tmp_path / "missing")
     (tmp_path / "policy").mkdir()
     with pytest.raises(
-        ModelLoadError, match=r"no preftune_scalar.json in it \(not a folder written by `preftune rm`\)"
+        ModelLoadError, match=r"no preftune_scalar.json in it \(not a folder written by `preftune rm`, nor a run folder with final/\)"
     ):
         load_scalar_model(tmp_path / "policy")
     model, tokenizer = from_causal_lm("tiny")
     folder = save_scalar_model(model, tokenizer, tmp_path / "rm")
-    (folder / "head.safetensors").write_bytes(b"not safetensors")
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ModelLoadError) as caught:
         load_scalar_model(folder)
-    assert "head.safetensors" in str(caught.value) and "\n" not in str(caught.value)
+    assert str(caught.value).startswith(f"cannot load reward model '{folder}'") and "\n" not in str(caught.value)
 
 
 def test_score_responses_checks_lengths():

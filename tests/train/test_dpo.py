@@ -122,6 +122,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(pairs_file, tmp_path, mon
     AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-4")  # intact and loadable
 
 
+def test_a_huge_learning_rate_never_saves_a_nan_checkpoint(pairs_file, tmp_path):
+    """lr 1e30: the loss stays finite for a step while the gradient is already NaN; that gradient
+    must not reach the weights, and the checkpoint the error names must really be finite."""
+    out = tmp_path / "blowup"
+    with pytest.raises(common.TrainingDiverged) as diverged:
+        train_dpo(config(pairs_file, out, max_steps=20, save_every=2, lr=1e30), show_progress=False)
+    saved = common.checkpoint_dirs(out)
+    for checkpoint in saved:
+        weights = load_file(str(checkpoint / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values()), checkpoint
+    named = str(saved[-1]) if saved else "no checkpoint was written yet"
+    assert named in str(diverged.value)
+
+
+def test_a_checkpoint_of_non_finite_weights_is_refused(tmp_path, tiny_model_factory, tiny_tokenizer):
+    model = tiny_model_factory()
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("inf")
+    optimizer = common.make_optimizer(model, 1e-3, 0.0)
+    scheduler = common.make_scheduler(optimizer, "constant", 0, 1)
+    settings = config("unused.jsonl", tmp_path)
+    with pytest.raises(common.TrainingDiverged, match="weight tensors are not finite"):
+        common.save_checkpoint(tmp_path, 1, model, tiny_tokenizer, optimizer, scheduler, common.DataOrder(1, 0), settings, 2)
+    assert common.checkpoint_dirs(tmp_path) == []
+
+
 @pytest.mark.parametrize("loss", sorted(dpo_losses.DPO_LOSSES))
 def test_every_loss_variant_trains(pairs_file, tmp_path, loss):
     extra = {"ref": "auto"} if loss == "simpo" else {}

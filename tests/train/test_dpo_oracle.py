@@ -30,7 +30,7 @@ ROWS = [
 COMPARED = ["logps/chosen", "logps/rejected", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "rpo"])
 def test_matches_trl_dpo_trainer(tmp_path, monkeypatch, loss_type):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -45,7 +45,10 @@ def test_matches_trl_dpo_trainer(tmp_path, monkeypatch, loss_type):
 
     args = trl.DPOConfig(
         output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3,
-        logging_steps=1, beta=0.1, loss_type=loss_type, precompute_ref_log_probs=True, bf16=False,
+        logging_steps=1, beta=0.1, precompute_ref_log_probs=True, bf16=False,
+        # RPO in TRL 1.16: the sigmoid loss plus its "sft" term, a token mean over the chosen answers.
+        loss_type=["sigmoid", "sft"] if loss_type == "rpo" else loss_type,
+        loss_weights=[1.0, 0.7] if loss_type == "rpo" else None,
         gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no", seed=0,
         max_length=512, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
     )  # fmt: skip
@@ -58,7 +61,8 @@ def test_matches_trl_dpo_trainer(tmp_path, monkeypatch, loss_type):
 
     config = resolve_config(DPOConfig, None, dict(
         model=str(model_dir), data=str(data), out=str(tmp_path / "ours"), batch_size=4, max_steps=2,
-        lr=1e-3, beta=0.1, loss=loss_type, max_length=512, max_prompt_length=256, weight_decay=0.0,
+        lr=1e-3, beta=0.1, loss="sigmoid" if loss_type == "rpo" else loss_type, max_length=512,
+        max_prompt_length=256, weight_decay=0.0, sft_weight=0.7 if loss_type == "rpo" else 0.0,
         # TRL 1.16 averages IPO's log-ratios per token (its code comment: as the IPO authors confirmed).
         length_normalize=loss_type == "ipo",
     ))  # fmt: skip

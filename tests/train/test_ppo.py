@@ -230,7 +230,7 @@ def test_truncated_sampling_warns_that_the_kl_is_biased(prompts_file, tmp_path):
 
 
 def test_bad_settings_are_one_line_errors(prompts_file, tmp_path):
-    with pytest.raises(ConfigError, match="--rollout-batch: must be a positive multiple"):
+    with pytest.raises(ConfigError, match="--rollout-batch: must be a multiple"):
         train_ppo(config(prompts_file, tmp_path / "x", rollout_batch=6), reward_fn=count_e)
     with pytest.raises(ConfigError, match="--value"):
         train_ppo(config(prompts_file, tmp_path / "x", value="both"), reward_fn=count_e)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class RawRows:
     name: str  # what goes into PreferencePair.source
     unit: str  # "line": numbers are file lines; "row": numbers are 1-based row indices
     rows: list[tuple[int, Any]]
+    notes: list[str] = field(default_factory=list)  # what a user should know: e.g. splits left unread
 
     def error(self, number: int, reason: str) -> DataError:
         return DataError(self.display, number, f"row {number}: {reason}" if self.unit == "row" else reason)
@@ -41,9 +42,52 @@ def type_name(value: Any) -> str:
 
 
 def load_rows(source: str | Path) -> RawRows:
+    """The numbered rows of a file, a `datasets` folder or a hub dataset; every string in them is
+    valid Unicode (JSON's escapes can spell half a UTF-16 surrogate pair, which no UTF-8 file can
+    hold: writing it out later would fail halfway)."""
+    loaded = _load_rows(source)
+    for number, row in loaded.rows:
+        where = _lone_surrogate(row)
+        if where is not None:
+            raise loaded.error(number, f"unpaired UTF-16 surrogate in {where} (a \\ud800-\\udfff escape without its other half)")
+    return loaded
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any, where: str = "the row") -> str | None:
+    """Where in a parsed row a string holds a lone surrogate ("field 'chosen'"), or None."""
+    if isinstance(value, str):
+        return where if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate(key, "a field name") or _lone_surrogate(item, f"field {key!r}" if where == "the row" else where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _lone_surrogate(item, where)
+            if found:
+                return found
+    return None
+
+
+def _reject_constant(name: str) -> float:
+    # Python's json reads NaN and Infinity, which JSON does not have; writing them back would make
+    # files other tools refuse, and a NaN margin makes the loss NaN.
+    raise ValueError(f"{name} is not valid JSON (JSON has no NaN or Infinity)")
+
+
+def _load_rows(source: str | Path) -> RawRows:
     display, path = str(source), Path(source)
+    folder, colon, split = display.rpartition(":")
+    if not path.exists() and colon and Path(folder).is_dir():  # FOLDER:split of a saved DatasetDict
+        rows, notes = _saved_dataset_rows(Path(folder), display, split)
+        return RawRows(display, Path(folder).name, "row", rows, notes)
     if path.is_dir():
-        return RawRows(display, path.name, "row", _saved_dataset_rows(path, display))
+        rows, notes = _saved_dataset_rows(path, display)
+        return RawRows(display, path.name, "row", rows, notes)
     if not path.exists():
         if _HUB_NAME.match(display) and not display.lower().endswith(_FILE_SUFFIXES):
             return RawRows(display, display, "row", _hub_rows(display))
@@ -84,7 +128,7 @@ def _jsonl_rows(path: Path, display: str) -> list[tuple[int, Any]]:
 
 def _parse_json(text: str, display: str, number: int) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
         raise DataError(display, number, f"malformed JSON: {error.msg} (column {error.colno})") from None
     except (ValueError, RecursionError) as error:  # e.g. an integer literal longer than Python allows
@@ -99,7 +143,7 @@ def _json_rows(path: Path, display: str) -> tuple[str, list[tuple[int, Any]]]:
         line = data.count(b"\n", 0, error.start) + 1
         raise DataError(display, line, f"not valid UTF-8: {error.reason}") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":  # JSON Lines saved under a .json name: read it as such
             return "line", _jsonl_rows(path, display)
@@ -179,7 +223,9 @@ def _parquet_rows(path: Path, display: str) -> list[tuple[int, Any]]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
-def _saved_dataset_rows(path: Path, display: str) -> list[tuple[int, Any]]:
+def _saved_dataset_rows(path: Path, display: str, split: str = "") -> tuple[list[tuple[int, Any]], list[str]]:
+    """The rows of one split (`split`, else "train", else the only one) and a note naming the
+    splits left unread, so a held-out `test` split is never skipped without a word."""
     if not any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
         raise DataError(display, 0, "a directory, but not one saved by datasets' save_to_disk")
     import datasets  # slow to import; only folder and hub sources need it
@@ -188,11 +234,20 @@ def _saved_dataset_rows(path: Path, display: str) -> list[tuple[int, Any]]:
         dataset = datasets.load_from_disk(str(path))
     except Exception as error:  # datasets raises many unrelated types for a damaged folder
         raise DataError(display, 0, f"cannot load saved dataset: {_one_line(error)}") from None
+    notes = []
     if isinstance(dataset, datasets.DatasetDict):
-        if "train" not in dataset and len(dataset) != 1:
-            raise DataError(display, 0, f"no 'train' split; splits: {sorted(dataset)}")
-        dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
-    return list(enumerate(dataset, start=1))
+        if split and split not in dataset:
+            raise DataError(display, 0, f"no split {split!r}; splits: {sorted(dataset)}")
+        if not split and "train" not in dataset and len(dataset) != 1:
+            raise DataError(display, 0, f"no 'train' split; give one as {path}:SPLIT; splits: {sorted(dataset)}")
+        chosen = split or ("train" if "train" in dataset else next(iter(dataset)))
+        others = sorted(set(dataset) - {chosen})
+        if others:
+            notes.append(f"read split {chosen!r}; not read: {', '.join(others)} (read one as {path}:{others[0]})")
+        dataset = dataset[chosen]
+    elif split:
+        raise DataError(display, 0, f"{path} holds one dataset, not splits; drop ':{split}'")
+    return list(enumerate(dataset, start=1)), notes
 
 
 def _hub_rows(name: str) -> list[tuple[int, Any]]:

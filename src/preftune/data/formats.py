@@ -9,6 +9,7 @@ being dropped: a typo in a converter should stop the run, not quietly shrink the
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class ReadReport:
     dropped: dict[str, int] = field(default_factory=dict)
     # reason -> 1-based line (JSONL, CSV) or row index (JSON list, parquet, datasets) where it first happened
     examples: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. splits of a datasets folder left unread
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,7 +49,7 @@ class ReadReport:
             "rows_read": self.rows_read,
             "pairs_kept": self.pairs_kept,
             "dropped": dict(self.dropped),
-        }
+        } | ({"notes": list(self.notes)} if self.notes else {})
 
 
 class _Drop(Exception):
@@ -65,7 +67,7 @@ def read_pairs(source: str | Path, format: str | None = None) -> tuple[list[Pref
     loaded = load_rows(source)
     chosen_format = format or _detect_format(loaded)
     parse = _PARSERS[chosen_format]
-    report = ReadReport(loaded.display, chosen_format, rows_read=len(loaded.rows), pairs_kept=0)
+    report = ReadReport(loaded.display, chosen_format, rows_read=len(loaded.rows), pairs_kept=0, notes=loaded.notes)
     pairs = []
     for number, row in loaded.rows:
         if not isinstance(row, dict):
@@ -116,7 +118,7 @@ def read_sft_examples(source: str | Path, format: str | None = None) -> tuple[li
         pairs, report = read_pairs(source, format=format)
         return [(pair.prompt, pair.chosen) for pair in pairs], report
     shape = "prompt-response" if "response" in first else "messages"
-    report = ReadReport(path=str(source), format=shape, rows_read=0, pairs_kept=0, dropped={}, examples={})
+    report = ReadReport(path=str(source), format=shape, rows_read=0, pairs_kept=0, notes=loaded.notes)
     examples = []
     for number, row in loaded.rows:
         report.rows_read += 1
@@ -124,7 +126,10 @@ def read_sft_examples(source: str | Path, format: str | None = None) -> tuple[li
             raise loaded.error(number, f"expected a JSON object per row, got {type_name(row)}")
         try:
             if shape == "messages":
-                *prompt, response = _messages("messages", _required(row, "messages"), "user")
+                messages = _messages("messages", _required(row, "messages"), "user")
+                if len(messages) < 2:
+                    raise _Drop("fewer than two messages (a prompt and a response)")
+                *prompt, response = messages
                 if response.role != "assistant":
                     raise _Drop("response is not from the assistant")
                 prompt = _prompt_of({"prompt": [m.to_dict() for m in prompt]}) if prompt else []
@@ -314,9 +319,12 @@ def _margin(row: dict) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _BadField(f"field 'margin' must be a number, got {type_name(value)}")
     try:
-        return float(value)
+        margin = float(value)
     except OverflowError:  # a JSON integer too large for a float
         raise _BadField("field 'margin' is too large for a float") from None
+    if not math.isfinite(margin):  # NaN / inf from a CSV cell or parquet: the loss would be NaN
+        raise _BadField(f"field 'margin' must be a finite number, got {margin}")
+    return margin
 
 
 def _id(row: dict) -> str | None:
@@ -341,7 +349,11 @@ def _detect_format(loaded: RawRows) -> str:
             first = (number, sorted(row)[:20])
     if first is None:
         raise DataError(loaded.display, 0, "no usable pairs: read 0 rows, dropped: {}")
-    raise loaded.error(first[0], f"unknown format; keys seen: {first[1]}; expected one of {_EXPECTED}")
+    number = first[0]
+    problem = _column_type_problem(dict(loaded.rows)[number])
+    if problem:  # the shape of a pair, with a column of the wrong type: name the column
+        raise loaded.error(number, f"{problem}; expected one of {_EXPECTED}")
+    raise loaded.error(number, f"unknown format; keys seen: {first[1]}; expected one of {_EXPECTED}")
 
 
 def _format_of(row: dict) -> str | None:
@@ -352,8 +364,26 @@ def _format_of(row: dict) -> str | None:
         return "sharegpt"
     if isinstance(chosen, list | dict) or isinstance(prompt, list):
         return "messages"
+    if isinstance(chosen, str) and _is_transcript(chosen) and isinstance(rejected, str) and _is_transcript(rejected):
+        return "hh"  # whole HH transcripts, whatever else the row carries (some copies add a "prompt")
     if isinstance(chosen, str):
         return "pairs" if isinstance(prompt, str) else "hh" if prompt is None else None
+    return None
+
+
+def _is_transcript(text: str) -> bool:
+    return text.lstrip(" ").startswith("\n\nHuman:") and _HH_ASSISTANT in text
+
+
+def _column_type_problem(row: Any) -> str | None:
+    """For a row with pair-like columns that fits no format: which column has the wrong type."""
+    if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+        return None
+    for key in ("chosen", "rejected"):
+        if not isinstance(row[key], str | list | dict):
+            return f"field '{key}' must be a string, a message or a list of messages, got {type_name(row[key])}"
+    if "prompt" in row and not isinstance(row["prompt"], str | list):
+        return f"field 'prompt' must be a string or a list of messages, got {type_name(row['prompt'])}"
     return None
 
 

@@ -8,6 +8,8 @@ A pair is a conversation so far (`prompt`, a list of messages) and two candidate
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,19 @@ def user_prompt(text: str) -> list[Message]:
 def write_jsonl(pairs: list[PreferencePair], path: str | Path) -> None:
     """Write canonical JSONL (one `PreferencePair.to_dict()` per line, UTF-8, no ASCII escaping)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(str(path), 0, "is a folder; give the name of the JSONL file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for pair in pairs:
-            out.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
+    # Written beside the target and renamed into place: a failure never leaves half a file.
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with open(handle, "w", encoding="utf-8") as out:
+            for pair in pairs:
+                out.write(json.dumps(pair.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
+        umask = os.umask(0)  # mkstemp makes the file private; give it a plain open()'s permissions
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -295,18 +295,23 @@ def simpo_loss(
 
 
 def sft_nll(policy_chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-    """Per-token negative log-likelihood of the chosen completion, the extra term of RPO (Pang et al.
-    2024, "Iterative Reasoning Preference Optimization") added to a preference loss with
-    weight `--sft-weight`:
+    """Negative log-likelihood of the chosen completions, one mean over all their tokens: the extra
+    term of RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization") added to a
+    preference loss with weight `--sft-weight`:
 
-        nll = -pi_c / |y_c|
+        nll = -sum_i pi_c,i / sum_i |y_c,i|        (i over the pairs of the micro-batch)
 
-    Shapes: `policy_chosen_logps`, `chosen_lengths` [B]; returns `(nll [B], {"nll_loss": mean})`.
+    This is TRL 1.16's convention (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1, w]`), so the
+    same weight means the same thing in both. It is not the mean over pairs of each pair's per-token
+    mean (-mean_i pi_c,i / |y_c,i|, what preftune used before): there a 3-token answer weighs as
+    much as a 300-token one; here every chosen token counts the same. The two agree only when all
+    chosen answers have the same length. `tests/train/test_dpo_oracle.py` checks the match with TRL.
+    Shapes: `policy_chosen_logps`, `chosen_lengths` [B]; returns `(nll [] scalar, {"nll_loss": nll})`.
     """
-    # Mean NLL per token, so long answers do not dominate the preference term.
-    nll = -_per_token(policy_chosen_logps, chosen_lengths)
-    # The name TRL logs for the RPO term.
-    return nll, {"nll_loss": nll.detach().mean()}
+    # Sum of token log-probs over the sum of token counts: a mean over every chosen token.
+    nll = -policy_chosen_logps.sum() / chosen_lengths.sum().to(policy_chosen_logps.dtype)
+    # The name TRL logged for the RPO term (its `rpo_alpha` days); a per-token figure either way.
+    return nll, {"nll_loss": nll.detach()}
 
 
 # The losses by `--loss` name: a plain table, no registry machinery.

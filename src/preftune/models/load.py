@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from .locate import close_match, hub_problem, looks_local, run_final_folder
+
 # peft 0.x still reads transformers' old `is_gradient_checkpointing` name when it wraps a model, and
 # transformers 5 warns about it on every wrap: noise in every LoRA run's output, nothing to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -79,6 +81,14 @@ def cache_dir() -> Path:
 # ----------------------------------------------------------------------------- name resolution
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars ("Loading weights", "Writing model shards"): they
+    print to stderr even when it is not a terminal, between and over preftune's own lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def resolve_model_path(name: str) -> str:
     """Alias -> folder (SmolLM2 is converted on first use); local path -> its absolute path; a hub
     name comes back unchanged. `tiny` names come back unchanged: they are built in-process."""
@@ -88,11 +98,14 @@ def resolve_model_path(name: str) -> str:
         from .smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
-    path = Path(name).expanduser()
+    path = run_final_folder(Path(name).expanduser())
     if path.exists():
         return str(path.resolve())
-    if not _HUB_ID.match(name):
-        raise ModelLoadError(f"model {name!r}", "no such file or folder")
+    if not _HUB_ID.match(name) or looks_local(name):
+        raise ModelLoadError(f"model {name!r}", f"no such file or folder{close_match(path)}")
+    problem = hub_problem(name)
+    if problem:
+        raise ModelLoadError(f"model {name!r}", problem)
     return name
 
 
@@ -121,6 +134,7 @@ def load_policy(
     adapter is merged into the base first and fresh LoRA goes on top, so a DPO reference taken
     with `disable_adapter()` is the adapted model, not the original base.
     """
+    quiet_transformers()
     source = resolve_model_path(name)
     tiny = _TINY_NAME.match(source)
     if tiny:
@@ -179,12 +193,17 @@ def apply_lora(model, settings: LoraSettings):
     return get_peft_model(model, config)
 
 
-def write_pretrained(model, tokenizer, folder: str | Path) -> None:
-    """`save_pretrained` of the model (the adapter only, for a PeftModel) and tokenizer into `folder`."""
+def write_pretrained(model, tokenizer, folder: str | Path, final_folder: str | Path | None = None) -> None:
+    """`save_pretrained` of the model (the adapter only, for a PeftModel) and tokenizer into `folder`
+    (a temp folder that becomes `final_folder` when given, as `atomic_folder` does)."""
+    quiet_transformers()
     if _is_peft(model):
-        # peft's default ("auto") asks the hub whether the base's vocabulary was resized, which
-        # stalls offline; preftune never resizes embeddings, so the answer is always no.
-        model.save_pretrained(folder, save_embedding_layers=False)
+        with loadable_base_name(model, Path(folder), Path(final_folder or folder), tokenizer):
+            # peft's default ("auto") asks the hub whether the base's vocabulary was resized, which
+            # stalls offline; preftune never resizes embeddings, so the answer is always no.
+            model.save_pretrained(folder, save_embedding_layers=False)
+    elif getattr(model, "names_its_base_on_save", False):  # a reward model with a LoRA trunk
+        model.save_pretrained(folder, final_folder=Path(final_folder or folder), tokenizer=tokenizer)
     else:
         model.save_pretrained(folder)
     if tokenizer is not None:
@@ -195,6 +214,36 @@ def write_pretrained(model, tokenizer, folder: str | Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
+@contextlib.contextmanager
+def loadable_base_name(model, folder: Path, final_folder: Path, tokenizer, base_name: str | None = None) -> Iterator[None]:
+    """While an adapter is saved, name its base so that peft and transformers can load it: an
+    alias means nothing to them. `smollm2-135m` becomes its converted folder; a `tiny:SEED` base
+    (built in-process, on no disk) is written beside the adapter as `base/` and named by path."""
+    configs = list(model.peft_config.values())
+    recorded = [c.base_model_name_or_path for c in configs]
+    base = base_name or recorded[0] or ""
+    tiny = _TINY_NAME.match(base)
+    if tiny:
+        from preftune.models.tiny import tiny_model, tiny_tokenizer
+
+        seed = int(tiny.group(1) or 0)
+        tiny_model(tiny_tokenizer(), seed=seed).save_pretrained(folder / "base")
+        (tokenizer or tiny_tokenizer()).save_pretrained(folder / "base")
+        (folder / "base" / "preftune_base.json").write_text(json.dumps({"alias": base}) + "\n", encoding="utf-8")
+        real = str(final_folder.resolve() / "base")
+    elif base == SMOLLM2_ALIAS:
+        real = resolve_model_path(base)
+    else:
+        real = base
+    for config in configs:
+        config.base_model_name_or_path = real
+    try:
+        yield
+    finally:
+        for config, name in zip(configs, recorded, strict=True):
+            config.base_model_name_or_path = name
+
+
 def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     """Write `save_pretrained` output (the adapter only, for a PeftModel) plus the tokenizer.
 
@@ -202,7 +251,7 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     half-written checkpoint at `out_dir`; an existing `out_dir` is replaced.
     """
     with atomic_folder(out_dir) as tmp:
-        write_pretrained(model, tokenizer, tmp)
+        write_pretrained(model, tokenizer, tmp, final_folder=out_dir)
     return Path(out_dir)
 
 
@@ -213,6 +262,8 @@ def _model_from(source: str, name: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     folder = Path(source)
+    if (folder / "preftune_scalar.json").is_file():
+        raise ModelLoadError(f"model {name!r}", f"{source} is a reward model (preftune rm), not a causal LM to generate with")
     if folder.is_dir() and not (folder / "config.json").is_file():
         raise ModelLoadError(
             f"model {name!r}", f"folder {source} has neither config.json nor adapter_config.json"
@@ -241,6 +292,9 @@ def _load_adapter_folder(folder: Path, name: str, *, dtype: torch.dtype, seed: i
     from peft import PeftModel
 
     base_name = _adapter_base_name(folder)
+    beside = folder / "base"
+    if beside.is_dir() and not Path(base_name).exists():  # the run folder was moved or copied
+        base_name = str(beside)
     base, base_tokenizer = load_policy(base_name, dtype=dtype, seed=seed)
     if _is_peft(base):  # an adapter trained on top of another adapter folder
         base = base.merge_and_unload()

@@ -9,15 +9,21 @@ one token early on every response (DESIGN.md section 5).
 
 On-disk layout written by `save_scalar_model` (and by checkpoints, through `save_pretrained`):
 
-    DIR/preftune_scalar.json    format marker, "full" or "lora", base model name, hidden size
-    DIR/head.safetensors        the head: "weight" [1, hidden], "bias" [1]
-    DIR/backbone/               full: the trunk in HF layout (config.json + model.safetensors,
-                                loads with transformers' AutoModel); lora: a peft adapter on the
-                                trunk of the base model named in preftune_scalar.json
-    DIR/tokenizer*.json, ...    the tokenizer, as `save_pretrained` writes it
+    full trunk (version 2): the layout of transformers' `AutoModelForSequenceClassification`
+    (as TRL's reward models), so other tools load it and get the same scores:
+        DIR/config.json             the trunk's config, architecture *ForSequenceClassification,
+                                    num_labels 1, pad_token_id the tokenizer's
+        DIR/model.safetensors       the trunk's weights and "score.weight" [1, hidden], no bias
+        DIR/preftune_scalar.json    format marker, "full", base model name, hidden size
+    LoRA trunk:
+        DIR/backbone/               a peft adapter on the trunk of the base model named in
+                                    preftune_scalar.json; DIR/head.safetensors the head
+    DIR/tokenizer*.json, ...        the tokenizer, as `save_pretrained` writes it
 
-The trunk lives in a subfolder on purpose: DIR is not a causal LM, and a policy loader pointed at
-it should say so instead of loading half of it.
+transformers reads the score at the last token that is not the pad token, preftune at the last
+real token: the same position unless the tokenizer's pad is its EOS (SmolLM2), where
+transformers lands one token early. Version 1 folders (DIR/backbone/ + DIR/head.safetensors with a
+bias) still load. A policy loader pointed at any of these says it is a reward model.
 """
 
 from __future__ import annotations
@@ -33,11 +39,20 @@ from ..config import ConfigError
 from ..data.batching import PackedSequences, SequenceBatch, collate_sequences
 from ..data.schema import Message, user_prompt
 from ..data.tokenize import PairTokenizer
-from .load import LoraSettings, ModelLoadError, load_policy, load_tokenizer, save_model
+from .load import (
+    LoraSettings,
+    ModelLoadError,
+    load_policy,
+    load_tokenizer,
+    loadable_base_name,
+    quiet_transformers,
+    run_final_folder,
+    save_model,
+)
 from .logprobs import packed_outputs
 
 SCALAR_FORMAT = "preftune-scalar-head"
-SCALAR_VERSION = 1
+SCALAR_VERSION = 2  # 1: full trunk in backbone/, head with a bias in head.safetensors
 META_FILE = "preftune_scalar.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
@@ -54,11 +69,13 @@ class ScalarHeadModel(torch.nn.Module):
     its base on load (a full model saves the whole trunk and does not).
     """
 
-    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear, base_model_name: str | None = None):
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear, base_model_name: str | None = None,
+                 pad_token_id: int | None = None):  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.base_model_name = base_model_name
+        self.pad_token_id = pad_token_id  # recorded in a saved sequence-classification config
 
     @property
     def is_lora(self) -> bool:
@@ -81,30 +98,59 @@ class ScalarHeadModel(torch.nn.Module):
         return self.head(hidden).squeeze(-1).float()
 
     # -- saving: `save_pretrained` is what `load.write_pretrained` (and so checkpoints) call ------
-    def save_pretrained(self, folder: str | Path) -> None:
+    names_its_base_on_save = True  # `write_pretrained` passes the final folder and the tokenizer
+
+    def save_pretrained(self, folder: str | Path, final_folder: str | Path | None = None, tokenizer=None) -> None:
         """Write the layout described in the module docstring into `folder` (not atomic: see
-        `save_scalar_model`)."""
+        `save_scalar_model`; `final_folder` is where it will end up, for a LoRA trunk's base path)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if self.is_lora:
-            # Offline: peft's default would ask the hub whether embeddings were resized (never here).
-            self.backbone.save_pretrained(folder / BACKBONE_DIR, save_embedding_layers=False)
+        final_folder = Path(final_folder or folder)
+        # A head with a bias (a version-1 model loaded and saved again) keeps the version-1 layout:
+        # transformers' "score" has no bias, so that layout could not give the same scores.
+        has_bias = self.head.bias is not None and bool(self.head.bias.detach().abs().max() != 0)
+        if self.is_lora or has_bias:
+            if self.is_lora:
+                # The adapter names a base peft can load (AutoModel + this adapter = the trunk).
+                with loadable_base_name(self.backbone, folder / BACKBONE_DIR, final_folder / BACKBONE_DIR, tokenizer,
+                                        base_name=self.base_model_name):  # fmt: skip
+                    # Offline: peft's default would ask the hub whether embeddings were resized (never).
+                    self.backbone.save_pretrained(folder / BACKBONE_DIR, save_embedding_layers=False)
+            else:
+                self.backbone.save_pretrained(folder / BACKBONE_DIR)
+            head = {"weight": self.head.weight.detach().float().cpu().contiguous()}
+            if self.head.bias is not None:
+                head["bias"] = self.head.bias.detach().float().cpu().contiguous()
+            save_file(head, str(folder / HEAD_FILE))
         else:
-            self.backbone.save_pretrained(folder / BACKBONE_DIR)
-        head = {"weight": self.head.weight.detach().float().cpu().contiguous(),
-                "bias": self.head.bias.detach().float().cpu().contiguous()}  # fmt: skip
-        save_file(head, str(folder / HEAD_FILE))
+            self.as_sequence_classifier().save_pretrained(folder)
         meta = {
             "format": SCALAR_FORMAT,
-            "version": SCALAR_VERSION,
+            "version": 1 if has_bias and not self.is_lora else SCALAR_VERSION,
             "backbone": "lora" if self.is_lora else "full",
             "base_model": self.base_model_name,
             "hidden_size": self.hidden_size,
             "read_at": "last real token of each right-padded row (the response's closing EOS)",
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    def as_sequence_classifier(self, pad_token_id: int | None = None):
+        """This model as transformers' `AutoModelForSequenceClassification` (num_labels 1), sharing
+        nothing with it: what a full reward model saves, and what other tools load back."""
+        from transformers import AutoModelForSequenceClassification
+
+        config = copy.deepcopy(self.backbone.config)
+        config.num_labels = 1
+        config.architectures = None  # set by save_pretrained from the class
+        config.pad_token_id = pad_token_id if pad_token_id is not None else self.pad_token_id
+        classifier = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+        trunk = getattr(classifier, classifier.base_model_prefix)
+        trunk.load_state_dict({k: v.float() for k, v in self.backbone.state_dict().items()})
+        with torch.no_grad():
+            classifier.score.weight.copy_(self.head.weight.float())
+        return classifier
 
     def merge_and_unload(self) -> ScalarHeadModel:
         """Fold LoRA adapters into the trunk, in place (as peft does); a full model is returned as is."""
@@ -117,13 +163,14 @@ class ScalarHeadModel(torch.nn.Module):
 
 
 def _new_head(hidden_size: int, seed: int) -> torch.nn.Linear:
-    head = torch.nn.Linear(hidden_size, 1)
+    # No bias, as transformers' sequence-classification head ("score"): Bradley-Terry sees only
+    # reward differences, so a bias would get no gradient from it anyway.
+    head = torch.nn.Linear(hidden_size, 1, bias=False)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         # Small outputs at the start (std 1/sqrt(H+1), the init of Ziegler et al. 2019's value
         # head): the first rewards are near zero, so early Bradley-Terry gradients are sane.
         head.weight.normal_(0.0, 1.0 / math.sqrt(hidden_size + 1))
-        head.bias.zero_()
     return head
 
 
@@ -196,7 +243,7 @@ def from_causal_lm(
     head = _new_head(trunk.config.hidden_size, seed)
     if lora is not None:
         trunk = _lora_on_trunk(trunk, lora, seed, lora_top_layers)
-    return ScalarHeadModel(trunk, head, base_name).to(device), tokenizer
+    return ScalarHeadModel(trunk, head, base_name, tokenizer.pad_token_id).to(device), tokenizer
 
 
 # ----------------------------------------------------------------------------- save / load
@@ -217,25 +264,28 @@ def load_scalar_model(path: str | Path, device: str | torch.device = "cpu") -> t
     for a full model, adapters + head for LoRA; call `.requires_grad_(False)` for a frozen judge."""
     from safetensors.torch import load_file
 
-    folder = Path(path).expanduser()
+    quiet_transformers()
+    folder = run_final_folder(Path(path).expanduser())
     what = f"reward model {str(path)!r}"
     if not folder.is_dir():
         raise ModelLoadError(what, "no such folder")
     if not is_scalar_model_folder(folder):
-        raise ModelLoadError(what, f"no {META_FILE} in it (not a folder written by `preftune rm`)")
+        raise ModelLoadError(what, f"no {META_FILE} in it (not a folder written by `preftune rm`, nor a run folder with final/)")
     try:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ModelLoadError(what, f"{folder / META_FILE}: {exc}") from exc
-    if meta.get("format") != SCALAR_FORMAT or meta.get("version") != SCALAR_VERSION:
+    if meta.get("format") != SCALAR_FORMAT or meta.get("version") not in (1, SCALAR_VERSION):
         raise ModelLoadError(
             what, f"{META_FILE} has format {meta.get('format')!r} version {meta.get('version')!r}"
         )
+    tokenizer = load_tokenizer(str(folder))
+    if meta["backbone"] == "full" and (folder / "config.json").is_file():
+        return _load_sequence_classifier(folder, meta, tokenizer, what).to(device), tokenizer
     try:
         head_state = load_file(str(folder / HEAD_FILE))
     except Exception as exc:  # missing or corrupt file: one line
         raise ModelLoadError(what, f"{folder / HEAD_FILE}: {exc}") from exc
-    tokenizer = load_tokenizer(str(folder))
     backbone_dir = folder / BACKBONE_DIR
     if meta["backbone"] == "lora":
         from peft import PeftModel
@@ -252,9 +302,23 @@ def load_scalar_model(path: str | Path, device: str | torch.device = "cpu") -> t
             backbone = AutoModel.from_pretrained(str(backbone_dir), dtype=torch.float32)
         except Exception as exc:
             raise ModelLoadError(what, exc) from exc
-    head = torch.nn.Linear(int(meta["hidden_size"]), 1)
+    head = torch.nn.Linear(int(meta["hidden_size"]), 1, bias="bias" in head_state)
     head.load_state_dict(head_state)
-    return ScalarHeadModel(backbone, head, meta.get("base_model")).to(device), tokenizer
+    return ScalarHeadModel(backbone, head, meta.get("base_model"), tokenizer.pad_token_id).to(device), tokenizer
+
+
+def _load_sequence_classifier(folder: Path, meta: dict, tokenizer, what: str) -> ScalarHeadModel:
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        classifier = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+    except Exception as exc:
+        raise ModelLoadError(what, exc) from exc
+    trunk = getattr(classifier, classifier.base_model_prefix)
+    head = torch.nn.Linear(int(meta["hidden_size"]), 1, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(classifier.score.weight)
+    return ScalarHeadModel(trunk, head, meta.get("base_model"), classifier.config.pad_token_id)
 
 
 # ----------------------------------------------------------------------------- reading rewards

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, save_config
+from ..config import DEVICE, ConfigError, TrainConfig, save_config
 from ..models.load import atomic_folder, cache_dir, write_pretrained
 from . import distributed
 
@@ -25,9 +25,15 @@ from . import distributed
 
 def pick_device(name: str = "auto") -> torch.device:
     """The training device; on CPU, also `keep_freed_cpu_memory()`."""
+    if not DEVICE.accepts(name):  # commands outside the config layer (score, eval) pass names here too
+        raise ConfigError("--device", 0, DEVICE.reason.format(value=name))
     device = (
         torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
     )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", 0, f"{name}: no CUDA device is available here (use --device cpu or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device", 0, "mps: no Apple GPU is available here (use --device cpu or auto)")
     if device.type == "cpu":
         keep_freed_cpu_memory()
     return device
@@ -230,6 +236,8 @@ def save_checkpoint(
     final = Path(out_dir) / "checkpoints" / f"step-{step}"
     sharded = distributed.is_sharded(model)
     plain = distributed.unsharded_model(model)  # the model itself, unless FSDP sharded it
+    if not sharded:  # (FSDP: each rank holds a shard; the gradient check already guards those)
+        check_finite_weights(model, step, out_dir)
     shards = final.parent / f".{final.name}.shards"
     if sharded:
         if distributed.is_main():
@@ -238,7 +246,7 @@ def save_checkpoint(
         distributed.save_sharded(shards, model, optimizer)
     if distributed.is_main():
         with atomic_folder(final) as tmp:
-            write_pretrained(plain, tokenizer, tmp)
+            write_pretrained(plain, tokenizer, tmp, final_folder=final)
             save_config(config, tmp / "preftune.yaml")
             state = {
                 "step": step,
@@ -312,13 +320,32 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
+def _diverged(step: int, what: str, out_dir: str | Path) -> TrainingDiverged:
+    # Every checkpoint on disk passed `check_finite_weights` before it was written, so the newest
+    # one really is the last good one.
+    last = checkpoint_dirs(out_dir)
+    where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+    return TrainingDiverged(f"step {step}: {what}; stopping ({where}). Try a lower --lr or check the data.")
+
+
 def check_finite(loss: torch.Tensor, step: int, out_dir: str | Path) -> None:
+    """Before backward: a NaN or infinite loss stops the run."""
     if not torch.isfinite(loss).all():
-        last = checkpoint_dirs(out_dir)
-        where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"step {step}: loss is {loss.item()}; stopping ({where}). Try a lower --lr or check the data."
-        )
+        raise _diverged(step, f"loss is {loss.item()}", out_dir)
+
+
+def check_finite_gradients(grad_norm: float, step: int, out_dir: str | Path) -> None:
+    """Before `optimizer.step()`: a finite loss can still have a NaN or infinite gradient (weights
+    blown up by a huge --lr), and one such step makes every weight NaN."""
+    if not math.isfinite(grad_norm):
+        raise _diverged(step, f"gradient norm is {grad_norm}", out_dir)
+
+
+def check_finite_weights(model: torch.nn.Module, step: int, out_dir: str | Path) -> None:
+    """Before a checkpoint is written: weights that overflowed are never saved as "good"."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise _diverged(step, f"{len(bad)} weight tensors are not finite (first: {bad[0]})", out_dir)
 
 
 class StopRequest:

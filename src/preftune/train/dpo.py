@@ -29,6 +29,7 @@ from ..models.reference import (
 )
 from ..runlog import RunLog
 from . import common, distributed
+from .run_folder import prepare_run_folder
 from .setup import finish_run, load_model_for_training, load_pair_splits, tokenize_pairs
 
 
@@ -50,6 +51,7 @@ def resolve_reference_mode(config: DPOConfig) -> str | None:
 def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     """Run DPO as configured; returns the run folder. Raises ValueError on bad settings."""
     distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     ref_mode = resolve_reference_mode(config)
     device = common.pick_device(config.device)
@@ -112,7 +114,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
         loss = losses.mean()
         if config.sft_weight > 0:
             nll, nll_metrics = sft_nll(policy_out["chosen_logps"], policy_out["chosen_lengths"])
-            loss = loss + config.sft_weight * nll.mean()
+            loss = loss + config.sft_weight * nll
             metrics |= nll_metrics
         metrics = {k: float(v) for k, v in metrics.items()} | {"loss": float(loss.detach()), "num_tokens": batch.sequences.num_tokens}
         return loss, metrics
@@ -163,6 +165,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
                 tokens_seen += int(step_metrics["num_tokens"])
                 step_metrics["num_tokens"] = tokens_seen  # cumulative, as TRL logs it
                 step_metrics["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
+                common.check_finite_gradients(step_metrics["grad_norm"], step + 1, out)
                 step_metrics["learning_rate"] = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()

@@ -27,7 +27,7 @@ from ..config import ConfigError, PPOConfig
 from ..data.formats import read_prompts
 from ..data.schema import DataError, Message
 from ..losses.advantages import gae
-from ..losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_k1, kl_penalized_rewards
+from ..losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_penalized_rewards
 from ..losses.ppo import clipped_policy_loss, clipped_value_loss
 from ..rollout import RolloutEngine
 from ..runlog import RunLog
@@ -44,6 +44,7 @@ from .rollout import (
     shape_scores,
     warn_if_truncated_sampling,
 )
+from .run_folder import prepare_run_folder
 from .setup import finish_run, load_model_for_training
 
 # Seeds derived from --seed: a rollout's sampling and an iteration's minibatch order depend only on
@@ -51,27 +52,6 @@ from .setup import finish_run, load_model_for_training
 _ITERATION_STRIDE = 1_000_003
 _EVAL_SEED_OFFSET = 7_919
 _RANK_SEED_OFFSET = 104_729  # under torchrun each rank samples with its own noise
-
-
-def validate(config: PPOConfig) -> None:
-    """Settings that would fail later, as one-line errors naming the flag."""
-    minibatch = config.batch_size * config.grad_accum
-    checks = [
-        ("--value", config.value in ("separate", "shared"), f"must be separate or shared, got {config.value!r}"),
-        ("--kl-estimator", config.kl_estimator in KL_ESTIMATORS, f"must be one of {', '.join(KL_ESTIMATORS)}, got {config.kl_estimator!r}"),
-        ("--iterations", config.iterations >= 1, "must be at least 1"),
-        ("--ppo-epochs", config.ppo_epochs >= 1, "must be at least 1"),
-        ("--temperature", config.temperature > 0, "must be > 0"),
-        ("--kl-coef", config.kl_coef >= 0, "must be >= 0"),
-        ("--target-kl", config.target_kl >= 0, "must be >= 0 (0: fixed --kl-coef)"),
-        ("--rollout-batch", config.rollout_batch >= 1 and config.rollout_batch % minibatch == 0,
-         f"must be a positive multiple of --batch-size x --grad-accum = {minibatch}, got {config.rollout_batch}"),
-        ("--fsdp", not config.fsdp, "not supported by ppo (sampling would have to step every rank in "
-         "lockstep); use DDP, the default under torchrun"),
-    ]  # fmt: skip
-    for flag, ok, reason in checks:
-        if not ok:
-            raise ConfigError(flag, 0, reason)
 
 
 def load_prompt_splits(config: PPOConfig) -> tuple[list[list[Message]], list[list[Message]]]:
@@ -155,8 +135,8 @@ def train_ppo(
     scores every rollout, logged as `objective/gold_scores`; it never enters the reward. A proxy
     score rising while the gold one stalls is over-optimisation (`preftune demo --ppo` shows it).
     """
-    validate(config)
     distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     warn_if_truncated_sampling(config.top_k, config.top_p)
     device = common.pick_device(config.device)
@@ -417,6 +397,7 @@ def ppo_update(config, optimizer, trainable, policy_and_values, batch, mask, old
                 for name, value in (policy_metrics | value_metrics).items():
                     step_metrics[name] = step_metrics.get(name, 0.0) + float(value) / config.grad_accum
             step_metrics["grad_norm"] = common.grad_norm_and_clip(trainable, config.max_grad_norm)
+            common.check_finite_gradients(step_metrics["grad_norm"], iteration, out)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             updates += 1

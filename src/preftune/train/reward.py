@@ -27,6 +27,7 @@ from ..models.load import LoraSettings
 from ..models.reward_model import ScalarHeadModel, from_causal_lm, reward_of_sequences
 from ..runlog import RunLog
 from . import common, distributed
+from .run_folder import prepare_run_folder
 from .setup import finish_run, load_pair_splits, tokenize_pairs
 
 
@@ -57,6 +58,7 @@ def _merge_step_metrics(into: dict[str, float], metrics: dict[str, float], micro
 def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> Path:
     """Train a reward model as configured; returns the run folder (final model in `final/`)."""
     distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     device = common.pick_device(config.device)
     precision = common.pick_precision(device, config.precision)
@@ -154,6 +156,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
                 tokens_seen += int(step_metrics["num_tokens"])
                 step_metrics["num_tokens"] = tokens_seen  # cumulative, as TRL logs it
                 step_metrics["grad_norm"] = common.grad_norm_and_clip(model, config.max_grad_norm)
+                common.check_finite_gradients(step_metrics["grad_norm"], step + 1, out)
                 step_metrics["learning_rate"] = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()

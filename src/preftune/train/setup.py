@@ -21,9 +21,6 @@ from ..models.load import LoraSettings, load_policy, save_model
 
 def load_model_for_training(config: TrainConfig, device: torch.device):
     """The policy (with fresh LoRA adapters when --lora) and its tokenizer, on `device`, fp32 weights."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own bar is the one to watch; HF's per-save bars are noise
     lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout) if config.lora else None
     model, tokenizer = load_policy(config.model, lora=lora, device=device, seed=config.seed)
     if lora is not None:
@@ -36,7 +33,8 @@ def load_model_for_training(config: TrainConfig, device: torch.device):
 
 def _report_line(report) -> str:
     dropped = ", ".join(f"{reason}: {count}" for reason, count in report.dropped.items()) or "none"
-    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} pairs kept, dropped: {dropped}"
+    notes = "".join(f"; {note}" for note in report.notes)
+    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} pairs kept, dropped: {dropped}{notes}"
 
 
 def load_pair_splits(config: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:

@@ -22,11 +22,13 @@ from ..data.tokenize import PairTokenizer
 from ..models.logprobs import batch_logprobs
 from ..runlog import RunLog
 from . import common, distributed
+from .run_folder import prepare_run_folder
 from .setup import finish_run, load_model_for_training
 
 
 def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
     distributed.setup(config)  # under torchrun: join the process group (train/distributed.py)
+    prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     device = common.pick_device(config.device)
     precision = common.pick_precision(device, config.precision)
@@ -95,6 +97,7 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
                 tokens_seen += int(step_metrics["num_tokens"])
                 step_metrics["num_tokens"] = tokens_seen
                 step_metrics["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
+                common.check_finite_gradients(step_metrics["grad_norm"], step + 1, out)
                 step_metrics["learning_rate"] = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
