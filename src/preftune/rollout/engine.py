@@ -196,8 +196,9 @@ class RolloutEngine:
             tokens_in = torch.tensor([next_token[s] if owner[s] else 0 for s in range(rows)], device=device)
             where = [position[s] if owner[s] else 0 for s in range(rows)]
             logits = decoder.decode(tokens_in, torch.tensor(where, device=device), max(where) + 1, cache, rope)
-            index = torch.tensor(active, device=device)
-            tokens, token_logprobs = sample_next(logits[index], params, generator)
+            if len(active) < rows:  # some rows in 0..rows-1 are idle: draw for the running ones only
+                logits = logits[torch.tensor(active, device=device)]
+            tokens, token_logprobs = sample_next(logits, params, generator)
             for slot in active:
                 position[slot] += 1
             record(active, tokens, token_logprobs)

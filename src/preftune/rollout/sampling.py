@@ -109,21 +109,20 @@ def _draw_top_p(
     scaled: torch.Tensor, log_normalizer: torch.Tensor, top_p: float, generator: torch.Generator | None
 ) -> torch.Tensor:
     """The nucleus from the top candidates where their mass reaches top_p, else from a full sort."""
-    rows, vocab = scaled.shape
+    vocab = scaled.shape[-1]
     top_logprobs, top_index = scaled.topk(min(NUCLEUS_CANDIDATES, vocab), dim=-1)
     top_logprobs = top_logprobs - log_normalizer
-    # If the candidates hold at least top_p of the mass, every later token has at least top_p
-    # before it and is outside the nucleus, so the candidates contain the whole nucleus.
-    covered = top_logprobs.exp().sum(-1) >= top_p
-    if not bool(covered.all()):
-        uncovered = (~covered).nonzero().squeeze(-1)
-        full_logprobs, full_index = (scaled[uncovered] - log_normalizer[uncovered]).sort(dim=-1, descending=True)
-        width = max(top_logprobs.shape[-1], vocab)
-        top_logprobs = torch.nn.functional.pad(top_logprobs, (0, width - top_logprobs.shape[-1]), value=float("-inf"))
-        top_index = torch.nn.functional.pad(top_index, (0, width - top_index.shape[-1]))
-        top_logprobs[uncovered], top_index[uncovered] = full_logprobs, full_index
     choice = _exponential_race(_nucleus_mask(top_logprobs, top_p), generator)
-    return top_index.gather(-1, choice[:, None]).squeeze(-1)
+    tokens = top_index.gather(-1, choice[:, None]).squeeze(-1)
+    # If the candidates hold at least top_p of the mass, every later token has at least top_p
+    # before it and is outside the nucleus, so the candidates contain the whole nucleus. The
+    # other rows (flat distributions) are drawn again from their whole sorted row.
+    uncovered = (top_logprobs.exp().sum(-1) < top_p).nonzero().squeeze(-1)
+    if uncovered.numel():
+        sorted_logprobs, order = (scaled[uncovered] - log_normalizer[uncovered]).sort(dim=-1, descending=True)
+        choice = _exponential_race(_nucleus_mask(sorted_logprobs, top_p), generator)
+        tokens[uncovered] = order.gather(-1, choice[:, None]).squeeze(-1)
+    return tokens
 
 
 def _nucleus_mask(sorted_logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
