@@ -353,6 +353,21 @@ def serve(
         _fail(str(err))
 
 
+@app.command("admin-link")
+@user_errors
+def admin_link(
+    db: str = typer.Option(..., "--db", help="Database URL the labeling app uses (as for `preftune serve --db`)."),
+    base_url: str = typer.Option("http://127.0.0.1:8000", "--base-url", help="Address the server is reached at."),
+) -> None:
+    """Print a new admin login link; the old one (and the sessions it opened) stop working."""
+    from .web.app import admin_link as new_admin_link
+
+    try:
+        typer.echo(new_admin_link(db, base_url))
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+
+
 @app.command("report")
 @user_errors
 def report(

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from preftune.web.db import DEFAULT_DB
 from preftune.web.render import STATIC_DIR, render, wants_json
 from preftune.web.routes import admin, admin_items, annotate, auth, dashboard, playground
-from preftune.web.security import SecurityHeaders, csrf_protect
+from preftune.web.security import SecurityHeaders, csrf_protect, log_config
 from preftune.web.store import NotFound, Store, StoreError
 from preftune.web.votes import AlreadyVoted, NotAssigned
 
@@ -112,7 +112,10 @@ def startup_lines(store: Store, host: str, port: int) -> list[str]:
 
 
 def admin_link(db: str, base_url: str = "http://127.0.0.1:8000") -> str:
-    """A new admin login link (replaces the old one): for a lost first-start link."""
+    """`preftune admin-link`: a new admin login link for a lost one. The old link stops working
+    and the sessions it opened end, so a leaked link is shut out too."""
+    if not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"--base-url {base_url}: give the address people open, like http://127.0.0.1:8000")
     store = Store(db)
     try:
         return f"{base_url.rstrip('/')}/login/{store.new_admin_token()}"
@@ -138,4 +141,5 @@ def serve(
         link_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         link_host = f"[{link_host}]" if ":" in link_host else link_host
         print(f"Dashboard of the runs in {runs}: http://{link_host}:{port}/runs", flush=True)
-    uvicorn.run(create_app(store, runs=runs), host=host, port=port, log_level=log_level)
+    # log_config: uvicorn's own, plus the filter that keeps login secrets out of the access log.
+    uvicorn.run(create_app(store, runs=runs), host=host, port=port, log_level=log_level, log_config=log_config())

@@ -41,7 +41,9 @@ def assign_items(store: Store, project_id: int, seed: int | None = None) -> Assi
     """Top up assignments for a project (see module docstring). `seed` makes the draw repeatable."""
     rng = random.Random(seed)
     project = store.project(project_id)
-    humans = [u for u in store.users(project_id) if u["role"] == "annotator"]
+    # Removed people keep their votes (and those assignments), which still count toward overlap.
+    everyone = [u for u in store.users(project_id, removed=True) if u["role"] == "annotator"]
+    humans = [u for u in everyone if u["removed_at"] is None]
     report = AssignReport(annotators=len(humans))
     if not humans:
         return report
@@ -53,7 +55,9 @@ def assign_items(store: Store, project_id: int, seed: int | None = None) -> Assi
     with store.write() as c:
         a = db.assignments
         rows = c.execute(
-            select(a.c.item_id, a.c.user_id).where(a.c.project_id == project_id, a.c.user_id.in_(human_ids))
+            select(a.c.item_id, a.c.user_id).where(
+                a.c.project_id == project_id, a.c.user_id.in_([u["id"] for u in everyone])
+            )
         ).all()
         holders: dict[int, set[int]] = {}
         for item_id, user_id in rows:
@@ -61,7 +65,7 @@ def assign_items(store: Store, project_id: int, seed: int | None = None) -> Assi
         gold_set = set(gold)
         load = {u: 0 for u in human_ids}
         for item_id, user_id in rows:
-            if item_id not in gold_set:
+            if item_id not in gold_set and user_id in load:
                 load[user_id] += 1
 
         new: dict[int, list[int]] = {u: [] for u in human_ids}

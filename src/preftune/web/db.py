@@ -76,9 +76,16 @@ users = Table(
     # 'admin' | 'annotator' | 'judge' (an automatic labeler, named 'judge:NAME').
     Column("role", String(16), nullable=False),
     Column("project_id", ForeignKey("projects.id")),
-    # sha256 of the login token; the token itself is shown once and never stored.
+    # sha256 of the login token; the token itself is shown once and never stored. NULL: revoked.
     Column("token_hash", String(64), unique=True),
+    # When the login link stops working (epoch seconds); NULL: it does not expire.
+    Column("token_expires_at", Float),
+    # Set when an admin removes the person: no login, no queue; their votes stay in the record.
+    Column("removed_at", Float),
     Column("created_at", Float, nullable=False),
+    # One name per project, enforced by the database: concurrent invites cannot both win.
+    # (The admin has no project; NULLs never collide, so this leaves the admin alone.)
+    Index("uq_user_project_name", "project_id", "name", unique=True),
 )
 
 sessions = Table(

@@ -1,6 +1,7 @@
 """Who is asking, and may they: sessions, CSRF, roles and security headers.
 
-- Login is by secret link (`/login/TOKEN`); the server keeps only the token's hash. Visiting the
+- Login is by secret link (`/login/TOKEN`); the server keeps only the token's hash and its logs
+  show `/login/[redacted]` (`log_config`). A link may expire, an admin can revoke it. Visiting the
   link opens a server-side session whose id travels in an HttpOnly, SameSite=Lax cookie (Secure
   when served over HTTPS), so page scripts cannot read it and other sites cannot send it on POSTs.
 - Every state-changing request (any method but GET/HEAD/OPTIONS, on any route, including routes
@@ -15,6 +16,8 @@
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -44,6 +47,11 @@ _UNLOADED = object()
 
 def get_store(request: Request) -> Store:
     return request.app.state.store
+
+
+def login_base(request: Request) -> str:
+    """Scheme, host and port that login links start with (see `create_app`'s `base_url`)."""
+    return getattr(request.app.state, "base_url", None) or str(request.base_url).rstrip("/")
 
 
 def current_session(request: Request) -> dict[str, Any] | None:
@@ -122,3 +130,34 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+_LOGIN_PATH = re.compile(r"/login/[^\s?#\"]+")
+
+
+def redact_login_tokens(text: str) -> str:
+    return _LOGIN_PATH.sub("/login/[redacted]", text)
+
+
+class RedactLoginTokens(logging.Filter):
+    """Logging filter: a login link's secret never reaches a log (uvicorn logs every request path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_login_tokens(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact_login_tokens(record.msg)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with `RedactLoginTokens` on its access and error loggers."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_login_tokens"] = {"()": RedactLoginTokens}
+    for name in ("uvicorn.access", "uvicorn.error"):
+        config["loggers"].setdefault(name, {})["filters"] = ["redact_login_tokens"]
+    return config

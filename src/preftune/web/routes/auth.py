@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
@@ -28,9 +30,14 @@ def login(request: Request, token: str):
     user = store.user_by_token(token)
     if user is None or user["role"] not in HOME_BY_ROLE:
         message = (
-            "This login link is not valid (it may have been replaced). Ask the project admin for a new one."
+            "This login link is not valid (it may have been replaced or revoked). "
+            "Ask the project admin for a new one."
         )
         return render(request, "message.html", 403, title="Login", heading="Login failed", message=message)
+    if user["expired"]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(user["token_expires_at"]))
+        message = f"This login link expired on {when}. Ask the project admin for a new one."
+        return render(request, "message.html", 403, title="Login", heading="Link expired", message=message)
     old = request.cookies.get(COOKIE)
     if old:
         store.end_session(old)
