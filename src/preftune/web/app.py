@@ -9,6 +9,7 @@ dependency for access control.
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from pathlib import Path
 
@@ -76,9 +77,28 @@ async def _error_response(request: Request, status: int, detail: str, headers=No
     heading = {401: "Please log in", 403: "Not allowed", 404: "Not found", 409: "Already done"}.get(
         status, "Error"
     )
+    link, link_text = way_on(request.url.path)
     return await run_in_threadpool(
-        render, request, "message.html", status, title=heading, heading=heading, message=detail
-    )
+        render, request, "message.html", status, title=heading, heading=heading, message=detail,
+        link=link, link_text=link_text,
+    )  # fmt: skip
+
+
+_PROJECT_PATH = re.compile(r"^/admin/projects/(\d{1,10})(/|$)")
+
+
+def way_on(path: str) -> tuple[str, str]:
+    """Where an error page sends people next: the page they came from, as near as the path tells."""
+    project = _PROJECT_PATH.match(path)
+    if project and path.rstrip("/") != project.group(0).rstrip("/"):
+        return f"/admin/projects/{project.group(1)}", "Back to the project"
+    if path.startswith("/annotate/"):
+        return "/annotate", "Back to your queue"
+    if path.startswith("/runs/"):
+        return "/runs", "Back to the runs"
+    if path.startswith("/admin/"):
+        return "/admin", "Back to the projects"
+    return "/", "Go to the start page"
 
 
 def is_loopback(host: str) -> bool:

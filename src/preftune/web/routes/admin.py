@@ -17,6 +17,7 @@ from preftune.web.assign import assign_items
 from preftune.web.render import render
 from preftune.web.security import get_store, login_base, require_admin
 from preftune.web.store import StoreError
+from preftune.web.uploads import LIMITS_TEXT
 from preftune.web.votes import progress
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
@@ -80,6 +81,7 @@ def project_page(request: Request, project_id: int, notice: str = ""):
         running=jobs.running_job(store, project_id),
         judges=known_judges(),
         default_link_days=DEFAULT_LINK_DAYS,
+        upload_limits=LIMITS_TEXT,
         notice=notice,
     )
 
