@@ -161,6 +161,15 @@ def make_items():
 
 
 @pytest.fixture
+def any_site(store):
+    """A `Site` over SQLite and, in a second run of the test, over PostgreSQL."""
+    made = Site(store)
+    yield made
+    for client in made.clients:
+        client.close()
+
+
+@pytest.fixture
 def site(sqlite_store):
     made = Site(sqlite_store)
     yield made

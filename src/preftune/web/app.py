@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from preftune.web.db import DEFAULT_DB
 from preftune.web.render import STATIC_DIR, render, wants_json
 from preftune.web.routes import admin, admin_items, annotate, auth, dashboard, playground
-from preftune.web.security import SecurityHeaders, csrf_protect, log_config
+from preftune.web.security import SecurityHeaders, csrf_protect, log_config, refuse_out_of_range
 from preftune.web.store import NotFound, Store, StoreError
 from preftune.web.votes import AlreadyVoted, NotAssigned
 
@@ -44,7 +44,7 @@ def create_app(db: str | Store = DEFAULT_DB, runs: str | Path | None = None) -> 
         redoc_url=None,
         openapi_url=None,
         # CSRF is checked for every route, including routers added later (see security.py).
-        dependencies=[Depends(csrf_protect)],
+        dependencies=[Depends(csrf_protect), Depends(refuse_out_of_range)],
     )
     app.state.store = store
     app.state.runs_dir = Path(runs) if runs is not None else None

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from preftune.web.store import SESSION_SECONDS, Store
+from preftune.web.store import MAX_ID, SESSION_SECONDS, Store
 
 COOKIE = "preftune_session"
 CSRF_FIELD = "csrf_token"
@@ -79,6 +79,26 @@ async def csrf_protect(request: Request) -> None:
             sent = (await request.form()).get(CSRF_FIELD)
     if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), session["csrf"].encode()):
         raise HTTPException(403, "CSRF check failed: missing or wrong token; reload the page")
+
+
+async def refuse_out_of_range(request: Request) -> None:
+    """App-wide dependency: ids past what the database holds are 404, NUL anywhere is 400.
+
+    An id past the integer column's range makes the driver overflow (a 500) rather than find
+    nothing; PostgreSQL cannot store NUL in text at all. Checking here covers every route at once.
+    """
+    for name, value in request.path_params.items():
+        if name.endswith("_id") and value.isascii() and value.isdigit() and int(value) > MAX_ID:
+            raise HTTPException(404, f"no {name.removesuffix('_id')} with id {value}")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value or "\x00" in name:
+            raise HTTPException(400, f"{name}: contains a NUL character, which cannot be stored")
+    if request.method not in SAFE_METHODS and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        for name, value in (await request.form()).multi_items():
+            if isinstance(value, str) and ("\x00" in value or "\x00" in name):
+                raise HTTPException(400, f"{name}: contains a NUL character, which cannot be stored")
 
 
 def require_admin(request: Request) -> dict[str, Any]:

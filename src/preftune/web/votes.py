@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from preftune.web import db
 from preftune.web.assign import judge_assignment
-from preftune.web.store import Store, StoreError
+from preftune.web.store import Store, StoreError, check_text
 
 CHOICES = ("a", "b", "tie", "both_bad", "skip")
 # Index = stored strength; the words annotators see.
@@ -80,6 +80,7 @@ def validate_vote(vote_uid: str, choice: str, strength: int | None, rationale: s
         raise StoreError("strength (1-4) goes only with an 'a' or 'b' choice")
     if len(rationale) > MAX_RATIONALE:
         raise StoreError(f"rationale is longer than {MAX_RATIONALE} characters")
+    check_text(rationale, "the rationale")
 
 
 def record_vote(
