@@ -160,9 +160,7 @@ def make_items():
     return sample_items
 
 
-@pytest.fixture
-def any_site(store):
-    """A `Site` over SQLite and, in a second run of the test, over PostgreSQL."""
+def _site_over(store: Store):
     made = Site(store)
     yield made
     for client in made.clients:
@@ -170,8 +168,11 @@ def any_site(store):
 
 
 @pytest.fixture
+def any_site(store):
+    """A `Site` over SQLite and, in a second run of the test, over PostgreSQL."""
+    yield from _site_over(store)
+
+
+@pytest.fixture
 def site(sqlite_store):
-    made = Site(sqlite_store)
-    yield made
-    for client in made.clients:
-        client.close()
+    yield from _site_over(sqlite_store)
