@@ -13,6 +13,7 @@ from preftune.web.quality import TOO_FAST_SECONDS, annotator_quality
 
 def _vote(user, item, choice, *, left="a", seconds=10.0, gold=None, strength=None, role="annotator"):
     return {
+        "user_id": user,
         "user_name": user,
         "user_role": role,
         "item_id": item,

@@ -53,6 +53,10 @@ def assign_items(store: Store, project_id: int, seed: int | None = None) -> Assi
     human_ids = [u["id"] for u in humans]
 
     with store.write() as c:
+        # Top-ups of one project take turns: on PostgreSQL two at once would both see an item as
+        # missing and insert it twice (a unique violation, a 500). SQLite's write lock does this
+        # already; there FOR UPDATE is not rendered.
+        c.execute(select(db.projects.c.id).where(db.projects.c.id == project_id).with_for_update())
         a = db.assignments
         rows = c.execute(
             select(a.c.item_id, a.c.user_id).where(

@@ -37,13 +37,14 @@ class AnnotatorQuality:
 
 
 def annotator_quality(votes: list[dict[str, Any]]) -> list[AnnotatorQuality]:
-    """One row per voter; `votes` as returned by `votes.project_votes`."""
-    by_user: dict[str, list[dict[str, Any]]] = {}
+    """One row per voter (by user id: two people may share a name), ordered by name;
+    `votes` as returned by `votes.project_votes`."""
+    by_user: dict[Any, list[dict[str, Any]]] = {}
     for vote in votes:
-        by_user.setdefault(vote["user_name"], []).append(vote)
+        by_user.setdefault(vote["user_id"], []).append(vote)
     rows = []
-    for name, mine in sorted(by_user.items()):
-        role = mine[0]["user_role"]
+    for mine in sorted(by_user.values(), key=lambda mine: (mine[0]["user_name"], str(mine[0]["user_id"]))):
+        name, role = mine[0]["user_name"], mine[0]["user_role"]
         judged = [v for v in mine if v["choice"] != "skip"]
         timed = [v["seconds"] for v in judged if v["seconds"] is not None]
         median = statistics.median(timed) if timed else None
@@ -73,16 +74,16 @@ def annotator_quality(votes: list[dict[str, Any]]) -> list[AnnotatorQuality]:
 
 
 def vote_tables(votes: list[dict[str, Any]]) -> tuple[dict, dict]:
-    """(nominal table, ordinal table) as {item_id: {voter name: value}} for `agreement`."""
-    nominal: dict[int, dict[str, int]] = {}
-    ordinal: dict[int, dict[str, int]] = {}
+    """(nominal table, ordinal table) as {item_id: {voter id: value}} for `agreement`."""
+    nominal: dict[int, dict[Any, int]] = {}
+    ordinal: dict[int, dict[Any, int]] = {}
     for vote in votes:
         value = nominal_value(vote["choice"])
         if value is not None:
-            nominal.setdefault(vote["item_id"], {})[vote["user_name"]] = value
+            nominal.setdefault(vote["item_id"], {})[vote["user_id"]] = value
         value = ordinal_value(vote["choice"], vote["strength"])
         if value is not None:
-            ordinal.setdefault(vote["item_id"], {})[vote["user_name"]] = value
+            ordinal.setdefault(vote["item_id"], {})[vote["user_id"]] = value
     return nominal, ordinal
 
 
@@ -97,9 +98,11 @@ class Agreement:
 
 def agreement(votes: list[dict[str, Any]]) -> Agreement:
     nominal, ordinal = vote_tables(votes)
+    names = {vote["user_id"]: vote["user_name"] for vote in votes}
     return Agreement(
         alpha_nominal=krippendorff_alpha(nominal, "nominal"),
         alpha_ordinal=krippendorff_alpha(ordinal, "ordinal"),
         shared_items=sum(len(row) >= 2 for row in nominal.values()),
-        kappas=pairwise_kappa(nominal),
+        # Computed over ids, shown with names.
+        kappas=[(names[a], names[b], shared, kappa) for a, b, shared, kappa in pairwise_kappa(nominal)],
     )
