@@ -343,12 +343,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback prints a warning."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     runs: Path = typer.Option(None, "--runs", help="Folder of run folders: the dashboard at /runs follows them live."),
+    base_url: str = typer.Option(None, "--base-url", help="Address people open (login links use it; other Host names are refused). Default: the bound address."),
 ) -> None:
     """Run the labeling app, the training dashboard (/runs) and the playground (/playground)."""
     from .web.app import serve as run_server
 
     try:
-        run_server(db=db, host=host, port=port, runs=runs)
+        run_server(db=db, host=host, port=port, runs=runs, base_url=base_url)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
 

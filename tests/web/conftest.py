@@ -130,7 +130,7 @@ class Site:
 
     def __init__(self, store: Store):
         self.store = store
-        self.app = create_app(store)
+        self.app = create_app(store, base_url="http://testserver")
         self.clients: list[TestClient] = []
 
     def client(self, token: str | None = None) -> TestClient:

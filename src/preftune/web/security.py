@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import re
 from typing import Any
@@ -51,7 +52,7 @@ def get_store(request: Request) -> Store:
 
 def login_base(request: Request) -> str:
     """Scheme, host and port that login links start with (see `create_app`'s `base_url`)."""
-    return getattr(request.app.state, "base_url", None) or str(request.base_url).rstrip("/")
+    return request.app.state.base_url
 
 
 def current_session(request: Request) -> dict[str, Any] | None:
@@ -181,3 +182,54 @@ def log_config() -> dict[str, Any]:
     for name in ("uvicorn.access", "uvicorn.error"):
         config["loggers"].setdefault(name, {})["filters"] = ["redact_login_tokens"]
     return config
+
+
+def host_name(host_header: str) -> str:
+    """'Example.org:8000' -> 'example.org'; '[::1]:8000' -> '::1'."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """ASGI middleware refusing requests whose Host is not one this server answers to (400).
+
+    Accepted: the configured base URL's host, `localhost`, and IP literals. That closes DNS
+    rebinding (a page on another site re-pointing its own name at this server: the browser then
+    sends that name as Host) while people can still reach a server bound to 0.0.0.0 by its address.
+    """
+
+    def __init__(self, app: Any, allowed: set[str]):
+        self.app = app
+        self.allowed = {name.lower() for name in allowed} | {"localhost"}
+
+    def allows(self, host_header: str) -> bool:
+        host = host_name(host_header)
+        return host in self.allowed or _is_ip(host)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            host = headers.get(b"host", b"").decode("latin-1")
+            if not self.allows(host):
+                body = (
+                    f"unknown host {host!r}: this server answers to {', '.join(sorted(self.allowed))} "
+                    "(start it with --base-url to name the address people use)"
+                ).encode()
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"), *SECURITY_HEADERS]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

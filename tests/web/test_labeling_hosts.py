@@ -1,0 +1,58 @@
+"""Invite links come from the configured base URL; requests for unknown Host names are refused."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from preftune.web.app import check_base_url, create_app, startup_lines
+
+
+def _invite(client: TestClient, store, project_id: int, name: str, host: str):
+    csrf = store.session(client.cookies.get("preftune_session"))["csrf"]
+    return client.post(
+        f"/admin/projects/{project_id}/annotators",
+        data={"name": name, "csrf_token": csrf},
+        headers={"host": host},
+    )
+
+
+def test_invite_links_use_the_base_url_whatever_the_host_header(sqlite_store):
+    app = create_app(sqlite_store, base_url="https://label.example.org/")
+    client = TestClient(app, base_url="https://label.example.org")
+    project_id = sqlite_store.create_project("p")
+    assert client.get(f"/login/{sqlite_store.new_admin_token()}").status_code == 200
+    page = _invite(client, sqlite_store, project_id, "ann", "label.example.org")
+    assert 'value="https://label.example.org/login/' in page.text
+    # Reached by its IP address (a proxy, or a server bound to 0.0.0.0): the link stays the same.
+    page = _invite(client, sqlite_store, project_id, "bob", "10.1.2.3:8000")
+    assert page.status_code == 200 and 'value="https://label.example.org/login/' in page.text
+    assert "10.1.2.3" not in page.text
+
+
+@pytest.mark.parametrize("host", ["evil.example", "label.example.org.evil.example", "attacker.test:8000", ""])
+def test_unknown_hosts_are_refused_which_closes_dns_rebinding(sqlite_store, host):
+    app = create_app(sqlite_store, base_url="http://label.example.org:8000")
+    client = TestClient(app, base_url="http://label.example.org:8000")
+    project_id = sqlite_store.create_project("p")
+    assert client.get(f"/login/{sqlite_store.new_admin_token()}").status_code == 200
+    # A rebinding page reads with the victim's cookies under its own name: refused before any view.
+    refused = client.get("/admin", headers={"host": host})
+    assert refused.status_code == 400 and "unknown host" in refused.text
+    assert "label.example.org" in refused.text and "content-security-policy" in refused.headers
+    answer = _invite(client, sqlite_store, project_id, "ann", host)
+    assert answer.status_code == 400 and sqlite_store.users(project_id) == []
+    for good in ("label.example.org", "LABEL.example.org:8000", "localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert client.get("/admin", headers={"host": good}).status_code == 200, good
+
+
+def test_base_url_is_checked_and_shown_at_start(sqlite_store):
+    with pytest.raises(ValueError, match="--base-url label.example.org: give the address"):
+        check_base_url("label.example.org")
+    with pytest.raises(ValueError, match="no path"):
+        check_base_url("https://example.org/label")
+    lines = startup_lines(sqlite_store, "0.0.0.0", 8000, "https://label.example.org")
+    assert "people open" not in lines[0]  # the base URL was given: no advice to give it
+    assert lines[1].startswith("Admin login (shown once, keep it secret): https://label.example.org/login/")
+    warned = startup_lines(sqlite_store, "0.0.0.0", 8000)
+    assert "Give --base-url" in warned[0] and "http://127.0.0.1:8000/" in warned[1]
