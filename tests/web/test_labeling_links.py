@@ -164,3 +164,27 @@ def test_admin_link_command_prints_a_new_link_and_shuts_out_the_old_one(tmp_path
     missing = CliRunner().invoke(cli, ["admin-link", "--db", f"sqlite:///{tmp_path / 'no' / 'x.db'}"])
     assert missing.exit_code == 2 and "cannot open the database" in missing.output
     store.close()
+
+
+def test_a_login_link_does_not_silently_replace_an_open_session(site):
+    project_id = site.store.create_project("p")
+    victim, victim_id = site.annotator(project_id, "victim")
+    _mallory_id, mallory_token = site.store.create_user("mallory", "annotator", project_id)
+    cookie = victim.cookies.get("preftune_session")
+    # Another site sends the logged-in victim to the attacker's link.
+    page = victim.get(f"/login/{mallory_token}", follow_redirects=False)
+    assert page.status_code == 200 and "Switch account?" in page.text
+    assert "logged in as <bdi>victim</bdi>" in page.text
+    assert site.store.session(cookie)["user_id"] == victim_id  # nothing changed yet
+    # A cross-site POST cannot carry the page's CSRF token.
+    forged = victim.post(f"/login/{mallory_token}", data={}, follow_redirects=False)
+    assert forged.status_code == 403 and site.store.session(cookie)["user_id"] == victim_id
+    # The person's own click switches.
+    switched = victim.post(
+        f"/login/{mallory_token}", data={"csrf_token": site.csrf(victim)}, follow_redirects=False
+    )
+    assert switched.status_code == 303 and site.store.session(cookie) is None
+    assert site.store.session(victim.cookies.get("preftune_session"))["name"] == "mallory"
+    # One's own link again just goes home.
+    again = victim.get(f"/login/{mallory_token}", follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == "/annotate"
