@@ -56,3 +56,16 @@ def test_base_url_is_checked_and_shown_at_start(sqlite_store):
     assert lines[1].startswith("Admin login (shown once, keep it secret): https://label.example.org/login/")
     warned = startup_lines(sqlite_store, "0.0.0.0", 8000)
     assert "Give --base-url" in warned[0] and "http://127.0.0.1:8000/" in warned[1]
+
+
+def test_pages_and_downloads_are_never_cached_but_static_files_may_be(site, make_items):
+    project_id = site.store.create_project("p")
+    admin = site.admin()
+    csrf = {"csrf_token": site.csrf(admin)}
+    invite = admin.post(f"/admin/projects/{project_id}/annotators", data={"name": "ann", **csrf})
+    assert invite.status_code == 200 and invite.headers["cache-control"] == "no-store"
+    download = admin.get(f"/admin/projects/{project_id}/export.jsonl")
+    assert download.status_code == 200 and download.headers["cache-control"] == "no-store"
+    for path in ("/admin", f"/admin/projects/{project_id}", "/nowhere"):
+        assert admin.get(path).headers["cache-control"] == "no-store", path
+    assert "no-store" not in admin.get("/static/app.css").headers.get("cache-control", "")

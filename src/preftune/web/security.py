@@ -132,8 +132,14 @@ def set_session_cookie(response: Any, request: Request, token: str) -> None:
     )
 
 
+# Pages and downloads hold secrets (invite links, CSRF tokens, exported labels): never kept by a
+# browser's or a proxy's cache. Static assets hold none and may be cached.
+NO_STORE = (b"cache-control", b"no-store")
+CACHEABLE_PREFIXES = ("/static/", "/vendor/", "/favicon.ico")
+
+
 class SecurityHeaders:
-    """ASGI middleware adding `SECURITY_HEADERS` to every HTTP response."""
+    """ASGI middleware adding `SECURITY_HEADERS` (and `NO_STORE` off static paths) to every response."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -142,11 +148,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers_to_add = list(SECURITY_HEADERS)
+        if not scope["path"].startswith(CACHEABLE_PREFIXES):
+            headers_to_add.append(NO_STORE)
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 present = {name for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                extra = [(k, v) for k, v in headers_to_add if k not in present]
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
