@@ -72,3 +72,21 @@ def test_nul_characters_in_names_and_rationales_are_refused(any_site, make_items
         store.create_user("two\nlines", "annotator", project_id)
     assert [p["name"] for p in store.projects()] == ["p"]
     assert [u["name"] for u in store.users(project_id)] == ["ann"]
+
+
+@pytest.mark.parametrize("strength", ["²", "٣", "9" * 5000, "0", "5", " 3", "3.0", "+3", "-1"])
+def test_only_the_documented_strengths_are_taken(site, make_items, strength):
+    store = site.store
+    project_id = store.create_project("p")
+    store.add_items(project_id, make_items(1))
+    ann, user_id = site.annotator(project_id, "ann")
+    assign_items(store, project_id, seed=0)
+    item_id = store.items(project_id)[0]["id"]
+    form = {"csrf_token": site.csrf(ann), "vote_id": "vote-00003", "choice": "left"}
+    refused = ann.post(f"/annotate/items/{item_id}/vote", data={**form, "strength": strength},
+                       headers={"accept": "application/json"})  # fmt: skip
+    assert refused.status_code == 400 and "strength must be 1, 2, 3 or 4" in refused.json()["detail"]
+    assert store.item_counts(project_id)["votes"] == 0
+    taken = ann.post(f"/annotate/items/{item_id}/vote", data={**form, "strength": "3"},
+                     headers={"accept": "application/json"})  # fmt: skip
+    assert taken.status_code == 200 and taken.json()["created"]

@@ -21,6 +21,7 @@ from preftune.web.security import get_store, require_annotator
 router = APIRouter(prefix="/annotate", dependencies=[Depends(require_annotator)])
 
 DISPLAY_CHOICES = ("left", "right", "tie", "both_bad", "skip")
+STRENGTH_VALUES = ("", "1", "2", "3", "4")
 
 
 def _other(side: str) -> str:
@@ -113,8 +114,10 @@ def vote(
     stored_choice = {"left": assignment["shown_left"], "right": _other(assignment["shown_left"])}.get(
         choice, choice
     )
-    if strength and not strength.isdigit():
-        raise HTTPException(400, "strength must be 1, 2, 3 or 4")
+    # Exactly the documented values: str.isdigit() also takes '²' and '٣', and int() of 5,000 digits
+    # raises past Python's conversion limit.
+    if strength not in STRENGTH_VALUES:
+        raise HTTPException(400, "strength must be 1, 2, 3 or 4 (or left empty)")
     strength_value = int(strength) if strength and stored_choice in ("a", "b") else None
     recorded, created = votes.record_vote(
         store, session["user_id"], item_id, vote_id, stored_choice, strength_value, rationale.strip()
