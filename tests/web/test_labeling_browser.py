@@ -6,65 +6,19 @@ Skipped, with the reason, when /usr/bin/chromium is absent (`apt-get install -y 
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 
 import pytest
 from sqlalchemy import select
 
 from preftune.web import db
-from preftune.web.app import create_app
 from preftune.web.assign import assign_items
-from preftune.web.store import NewItem, Store
+from preftune.web.store import NewItem
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
+CHROMIUM = "/usr/bin/chromium"  # as in conftest.py, which launches it
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
     reason=f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)",
 )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def live(tmp_path):
-    """(base URL, store) of a uvicorn server on a free loopback port, stopped after the test."""
-    import uvicorn
-
-    store = Store(f"sqlite:///{tmp_path / 'live.db'}")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(store), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(timeout=20)
-    sock.close()
-    store.close()
 
 
 def _annotator_with_items(store, items, guideline="Pick the clearer answer."):
