@@ -134,7 +134,7 @@ def test_admin_removes_an_annotator_and_their_items_go_to_others(site, make_item
     answer = admin.post(
         f"/admin/projects/{project_id}/annotators/{leaver_id}/remove", data={"csrf_token": site.csrf(admin)}
     )
-    assert f"leaver removed: logged out, {len(mine) - 1} unvoted items freed" in answer.text
+    assert f"\u2068leaver\u2069 removed: logged out, {len(mine) - 1} unvoted items freed" in answer.text
     assert leaver.get("/annotate").status_code == 401
     assert [u["name"] for u in store.users(project_id)] == ["stayer"]
     assert [u["name"] for u in store.users(project_id, removed=True)] == ["leaver", "stayer"]

@@ -113,6 +113,6 @@ def test_version_1_database_gains_link_columns_and_unique_names(tmp_path):
     assert names[0] == "ann" and names[1].startswith("ann (#") and len(set(names)) == 2
     from preftune.web.store import StoreError
 
-    with pytest.raises(StoreError, match="'ann' is already in this project"):
+    with pytest.raises(StoreError, match="'ann'\u2069 is already in this project"):
         upgraded.create_user("ann", "annotator", project_id)
     upgraded.close()

@@ -87,3 +87,49 @@ def test_the_longest_answer_allowed_renders_in_under_a_second(browser, live, vie
     assert unbroken in shown  # every character, in order: the break opportunities add none
     assert height > 1000 and _scroll_width(page) <= viewport["width"]  # wrapped, not one wide line
     page.context.close()
+
+
+# Right-to-left override: without isolation everything after it in the line is drawn reversed.
+RLO = "\u202e"
+_READING_ORDER = """([selector, text]) => {
+  const walker = document.createTreeWalker(document.querySelector(selector), NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const at = node.data.indexOf(text);
+    if (at < 0) continue;
+    const x = (i) => { const r = document.createRange(); r.setStart(node, at + i); r.setEnd(node, at + i + 1);
+                       return r.getBoundingClientRect().left; };
+    return Array.from(text, (_c, i) => x(i));
+  }
+  return null;
+}"""
+
+
+def _left_to_right(page, selector: str, text: str) -> bool:
+    """Whether `text` (inside `selector`, short enough to stay on one line) is drawn left to right."""
+    xs = page.evaluate(_READING_ORDER, [selector, text])
+    assert xs is not None, f"{text!r} not found in {selector}"
+    return all(a < b for a, b in zip(xs, xs[1:], strict=False))
+
+
+def test_right_to_left_overrides_in_names_stay_inside_the_name(browser, live):
+    base, store = live
+    evil = f"{RLO}Mallory"
+    project_id, (token,) = _project_with_people(store, name=f"proj{RLO}ect", people=(evil,))
+    page = browser.new_context(viewport=PHONE).new_page()
+    page.goto(f"{base}/login/{token}")
+    assert page.locator("header .who bdi").inner_text() == evil
+    assert _left_to_right(page, "header .who", "(annotator)")
+    assert RLO not in page.title() or page.title().endswith("\u2069 · preftune")
+    admin = browser.new_context(viewport=PHONE).new_page()
+    admin.goto(f"{base}/login/{store.new_admin_token()}")
+    admin.goto(f"{base}/admin/projects/{project_id}")
+    user_id = store.users(project_id)[0]["id"]
+    with admin.expect_navigation():
+        admin.click(f"form[action$='/annotators/{user_id}/link'] button")
+    assert _left_to_right(admin, "main", "link to")
+    admin.goto(f"{base}/admin/projects/{project_id}")
+    with admin.expect_navigation():
+        admin.click(f"form[action$='/annotators/{user_id}/remove'] button")
+    assert _left_to_right(admin, ".notice", "removed:")
+    # Answers in a right-to-left script are laid out right to left, by their own direction.
+    assert page.get_attribute("#left-text", "dir") == "auto"

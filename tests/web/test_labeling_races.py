@@ -40,7 +40,7 @@ def test_simultaneous_invites_of_one_name_create_one_annotator(store):
         created = [r for r in results if isinstance(r, tuple)]
         refused = [r for r in results if isinstance(r, StoreError)]
         assert len(created) == 1 and len(refused) == 7, results
-        assert all(str(r) == f"{name!r} is already in this project" for r in refused)
+        assert all(str(r) == f"\u2068{name!r}\u2069 is already in this project" for r in refused)
     assert sorted(u["name"] for u in store.users(project_id)) == ["same-0", "same-1", "same-2"]
 
 
