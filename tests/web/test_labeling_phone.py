@@ -117,8 +117,8 @@ def test_right_to_left_overrides_in_names_stay_inside_the_name(browser, live):
     project_id, (token,) = _project_with_people(store, name=f"proj{RLO}ect", people=(evil,))
     page = browser.new_context(viewport=PHONE).new_page()
     page.goto(f"{base}/login/{token}")
-    assert page.locator("header .who bdi").inner_text() == evil
     assert _left_to_right(page, "header .who", "(annotator)")
+    assert page.locator("header .who bdi").inner_text() == evil
     assert RLO not in page.title() or page.title().endswith("\u2069 · preftune")
     admin = browser.new_context(viewport=PHONE).new_page()
     admin.goto(f"{base}/login/{store.new_admin_token()}")

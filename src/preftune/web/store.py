@@ -125,7 +125,7 @@ class Store:
                     insert(db.projects).values(**values, created_at=time.time())
                 ).inserted_primary_key[0]
         except IntegrityError:  # the unique name, which holds under concurrent requests too
-            raise StoreError(f"a project named {name!r} already exists") from None
+            raise StoreError(f"a project named {isolate(repr(name))} already exists") from None
 
     def update_project(self, project_id: int, **changes: Any) -> None:
         allowed = {"guideline", "overlap", "gold_rate"}
@@ -245,7 +245,7 @@ class Store:
                 return c.execute(insert(db.users).values(**values)).inserted_primary_key[0], token
         except IntegrityError:
             # The unique (project, name) index, not a prior lookup: a lookup races on PostgreSQL.
-            raise StoreError(f"{name!r} is already in this project") from None
+            raise StoreError(f"{isolate(repr(name))} is already in this project") from None
 
     def users(self, project_id: int, removed: bool = False) -> list[dict[str, Any]]:
         """The project's people (and judges) by id; `removed=True` also lists removed ones."""
@@ -286,7 +286,7 @@ class Store:
         """A fresh login link for a person; the old one stops working. Their sessions stay open."""
         user = self.user(user_id)
         if user["role"] == "judge" or user["removed_at"] is not None:
-            raise StoreError(f"{user['name']!r} cannot log in (a judge, or removed)")
+            raise StoreError(f"{isolate(repr(user['name']))} cannot log in (a judge, or removed)")
         token = new_token()
         with self.write() as c:
             c.execute(
@@ -397,6 +397,13 @@ def _expiry(expires_in: float | None) -> float | None:
     if not 0 < expires_in <= MAX_LINK_SECONDS:
         raise StoreError(f"a link can last from a moment to {MAX_LINK_SECONDS // 86400} days")
     return time.time() + expires_in
+
+
+def isolate(text: str) -> str:
+    """User text for a plain-text message: wrapped in FIRST STRONG ISOLATE ... POP DIRECTIONAL
+    ISOLATE, so a right-to-left override inside it cannot reverse the words around it (pages
+    isolate with <bdi>; notices and error messages are plain strings)."""
+    return f"\u2068{text}\u2069"
 
 
 def check_id(value: int, what: str) -> int:

@@ -16,7 +16,7 @@ from preftune.web import jobs
 from preftune.web.assign import assign_items
 from preftune.web.render import render
 from preftune.web.security import get_store, login_base, require_admin
-from preftune.web.store import StoreError
+from preftune.web.store import StoreError, isolate
 from preftune.web.uploads import LIMITS_TEXT
 from preftune.web.votes import progress
 
@@ -153,7 +153,7 @@ def new_link(request: Request, project_id: int, user_id: int, expires_days: str 
 def revoke_link(request: Request, project_id: int, user_id: int):
     user = _project_member(request, project_id, user_id)
     get_store(request).revoke_link(user_id)
-    return back(project_id, f"{user['name']}'s login link no longer works and they are logged out")
+    return back(project_id, f"{isolate(user['name'])}'s login link no longer works and they are logged out")
 
 
 @router.post("/projects/{project_id}/annotators/{user_id}/remove")
@@ -162,7 +162,7 @@ def remove(request: Request, project_id: int, user_id: int):
     unassigned = get_store(request).remove_user(user_id)
     return back(
         project_id,
-        f"{user['name']} removed: logged out, {unassigned} unvoted items freed (assign again to hand "
+        f"{isolate(user['name'])} removed: logged out, {unassigned} unvoted items freed (assign again to hand "
         "them to others); their votes are kept",
     )
 
