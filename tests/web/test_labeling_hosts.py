@@ -69,3 +69,48 @@ def test_pages_and_downloads_are_never_cached_but_static_files_may_be(site, make
     for path in ("/admin", f"/admin/projects/{project_id}", "/nowhere"):
         assert admin.get(path).headers["cache-control"] == "no-store", path
     assert "no-store" not in admin.get("/static/app.css").headers.get("cache-control", "")
+
+
+def _one_run(tmp_path):
+    root = tmp_path / "private" / "place" / "runs"
+    (root / "dpo-1").mkdir(parents=True)
+    (root / "dpo-1" / "config.yaml").write_text("loss_type: sigmoid\n")
+    (root / "dpo-1" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n')
+    (root / "dpo-1" / "samples.jsonl").write_text('{"step": 1, "prompt": "secret prompt", "completion": "x"}\n')
+    return root
+
+
+def test_runs_pages_name_runs_relative_to_the_runs_folder(tmp_path, sqlite_store):
+    client = TestClient(create_app(sqlite_store, runs=_one_run(tmp_path), base_url="http://testserver"))
+    page = client.get("/runs")
+    assert page.status_code == 200 and 'href="/runs/dpo-1"' in page.text
+    assert str(tmp_path) not in page.text and "private" not in page.text
+    assert "<code>runs</code>" in page.text
+    assert str(tmp_path) not in client.get("/runs/dpo-1").text
+
+
+def test_runs_need_the_admin_login_off_loopback(tmp_path, sqlite_store, monkeypatch):
+    import uvicorn
+
+    from preftune.web.app import serve
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    root = _one_run(tmp_path)
+    serve(sqlite_store.url, host="0.0.0.0", port=8765, runs=root, base_url="http://testserver")
+    assert served["host"] == "0.0.0.0"
+    client = TestClient(served["app"])
+    for path in ("/runs", "/runs/dpo-1", "/runs/dpo-1/data", "/runs/compare?run=dpo-1"):
+        assert client.get(path).status_code == 401, path
+    project_id = sqlite_store.create_project("p")
+    _user_id, token = sqlite_store.create_user("ann", "annotator", project_id)
+    client.get(f"/login/{token}")
+    assert client.get("/runs/dpo-1/data").status_code == 403
+    admin = TestClient(served["app"])
+    admin.get(f"/login/{sqlite_store.new_admin_token()}")
+    data = admin.get("/runs/dpo-1/data")
+    assert data.status_code == 200 and data.json()["samples"][0]["prompt"] == "secret prompt"
+    assert client.get("/playground").status_code == 200  # the playground holds nothing private
+    # On loopback the dashboard stays open, as before.
+    serve(sqlite_store.url, host="127.0.0.1", port=8765, runs=root, base_url="http://testserver")
+    assert TestClient(served["app"]).get("/runs/dpo-1/data").status_code == 200

@@ -27,7 +27,10 @@ from preftune.web.security import HostCheck, SecurityHeaders, csrf_protect, log_
 from preftune.web.store import NotFound, Store, StoreError
 from preftune.web.votes import AlreadyVoted, NotAssigned
 
-ROUTERS = [auth.router, admin.router, admin_items.router, annotate.router, dashboard.router, playground.router]
+ROUTERS = [
+    auth.router, admin.router, admin_items.router, annotate.router, dashboard.runs_router, dashboard.router,
+    playground.router,
+]  # fmt: skip
 
 _STATUS_BY_ERROR = [(NotAssigned, 403), (AlreadyVoted, 409), (NotFound, 404), (StoreError, 400)]
 
@@ -36,11 +39,15 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
 
 def create_app(
-    db: str | Store = DEFAULT_DB, runs: str | Path | None = None, base_url: str = DEFAULT_BASE_URL
+    db: str | Store = DEFAULT_DB,
+    runs: str | Path | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+    runs_login: bool = False,
 ) -> FastAPI:
     """The app over the database at `db` (a URL or an open Store); creates or migrates the schema.
 
-    `runs` is the folder of run folders the dashboard (`/runs`) shows; None shows none.
+    `runs` is the folder of run folders the dashboard (`/runs`) shows; None shows none. With
+    `runs_login`, only the logged-in admin sees it (`serve` sets it off loopback).
     `base_url` is the address people open (`http://HOST:PORT` or behind a proxy
     `https://NAME`): login links are built from it, never from the request's Host header, and
     requests for any other host name are refused (see `security.HostCheck`).
@@ -58,6 +65,7 @@ def create_app(
     )
     app.state.store = store
     app.state.runs_dir = Path(runs) if runs is not None else None
+    app.state.runs_login = runs_login
     app.state.base_url = base_url
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HostCheck, allowed={urlsplit(base_url).hostname or ""})
@@ -192,7 +200,8 @@ def serve(
     for line in startup_lines(store, host, port, base_url):
         print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout, flush=True)
     if runs is not None:
-        print(f"Dashboard of the runs in {runs}: {base}/runs", flush=True)
-    app = create_app(store, runs=runs, base_url=base)
+        who = "" if is_loopback(host) else " (admin login required: the server is not on loopback)"
+        print(f"Dashboard of the runs in {runs}: {base}/runs{who}", flush=True)
+    app = create_app(store, runs=runs, base_url=base, runs_login=not is_loopback(host))
     # log_config: uvicorn's own, plus the filter that keeps login secrets out of the access log.
     uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config())
