@@ -62,7 +62,7 @@ def test_home_sends_each_role_to_its_page_and_logout_ends_the_session(site):
     client, _ = site.annotator(project_id, "ann")
     assert client.get("/", follow_redirects=False).headers["location"] == "/annotate"
     assert "<strong>both</strong>" in client.get("/annotate/guidelines").text
-    assert "voted on all 0 items" in client.get("/annotate").text
+    assert "all 0 items assigned to you: 0 voted." in client.get("/annotate").text
     response = client.post("/logout", data={"csrf_token": site.csrf(client)}, follow_redirects=False)
     assert response.status_code == 303
     assert client.get("/annotate").status_code == 401

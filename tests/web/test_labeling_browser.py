@@ -110,3 +110,69 @@ def test_script_and_img_payloads_render_as_inert_text(browser, live):
         "/static/annotate.js"
     ]
     page.close()
+
+
+def _shown_item(page) -> int:
+    return int(page.get_attribute("#vote-form", "action").split("/")[3])
+
+
+def _logged_in_page(browser, live, count: int):
+    """(page on the annotator's first item, store, user id, that item's id, the login link)."""
+    base, store = live
+    items = [NewItem([{"role": "user", "content": f"Q{i}?"}], f"A{i}", f"B{i}") for i in range(count)]
+    user_id, token = _annotator_with_items(store, items)
+    page = browser.new_page()
+    page.goto(f"{base}/login/{token}")
+    return page, store, user_id, _shown_item(page), f"{base}/login/{token}"
+
+
+def test_undo_brings_back_an_item_voted_by_a_single_key(browser, live):
+    page, store, _user_id, first, _link = _logged_in_page(browser, live, 3)
+    with page.expect_navigation():
+        page.keyboard.press("s")  # skips at once: the slip undo is for
+    assert "Vote recorded." in page.inner_text("#voted") and _shown_item(page) != first
+    with page.expect_navigation():
+        page.keyboard.press("u")
+    assert _shown_item(page) == first and "taken back" in page.inner_text(".notice")
+    assert store.item_counts(store.projects()[0]["id"])["skips"] == 0
+    page.keyboard.press("1")
+    with page.expect_navigation():
+        page.keyboard.press("r")  # A much better, submitted at once
+    with page.expect_navigation():
+        page.click("#undo")
+    assert _shown_item(page) == first
+    page.keyboard.press("2")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    with store.read() as c:
+        stored = c.execute(select(db.votes.c.item_id, db.votes.c.choice, db.votes.c.strength)).all()
+        left = c.execute(select(db.assignments.c.shown_left).where(db.assignments.c.item_id == first)).scalar()
+    assert stored == [(first, "b" if left == "a" else "a", None)]
+    page.close()
+
+
+def test_a_vote_made_after_the_session_ended_is_kept_through_the_login(browser, live):
+    page, store, user_id, item_id, link = _logged_in_page(browser, live, 2)
+    with store.write() as c:
+        c.execute(db.sessions.delete())  # the session ends while the page is open
+    page.keyboard.press("2")
+    page.focus("textarea[name=rationale]")
+    page.keyboard.type("B cites a source")
+    with page.expect_navigation():
+        page.keyboard.press("Control+Enter")
+    assert "open your login link again" in page.inner_text("main")
+    assert "CSRF" not in page.inner_text("main")
+    page.goto(link)
+    assert _shown_item(page) == item_id
+    assert page.is_checked("input[name=choice][value=right]")
+    assert page.input_value("textarea[name=rationale]") == "B cites a source"
+    assert "filled in" in page.inner_text("#hint")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    with store.read() as c:
+        vote = c.execute(select(db.votes).where(db.votes.c.user_id == user_id)).one()
+        left = c.execute(select(db.assignments.c.shown_left).where(db.assignments.c.item_id == item_id)).scalar()
+    assert (vote.item_id, vote.choice, vote.rationale) == (item_id, "b" if left == "a" else "a", "B cites a source")
+    # The next item starts clean: the kept vote was used once.
+    assert not page.is_checked("input[name=choice][value=right]") and page.input_value("textarea[name=rationale]") == ""
+    page.close()

@@ -72,7 +72,12 @@ async def csrf_protect(request: Request) -> None:
         return
     session = await run_in_threadpool(current_session, request)
     if session is None:
-        raise HTTPException(403, "CSRF check failed: no session; open your login link again")
+        # Most often a session that ended (expired, or logged out in another tab) under an open page.
+        # Without a session there is nothing to forge, so this is a login question, not a CSRF alarm.
+        kept = " Your vote is kept in this browser and filled in again when you are back." if (
+            request.url.path.startswith("/annotate/items/")
+        ) else ""
+        raise HTTPException(401, f"Your session has ended: open your login link again.{kept}")
     sent = request.headers.get(CSRF_HEADER)
     if sent is None:
         content_type = request.headers.get("content-type", "")

@@ -217,10 +217,12 @@ class Store:
         ).where(db.items.c.project_id == project_id)
         with self.read() as c:
             total, ready, gold = c.execute(query).one()
-            voted = c.execute(
-                select(func.count()).where(db.votes.c.project_id == project_id, db.votes.c.choice != "skip")
-            ).scalar()
-        return {"items": total, "ready": ready, "pending": total - ready, "gold": gold, "votes": voted}
+            voted, skips = c.execute(
+                select(func.count().filter(db.votes.c.choice != "skip"), func.count().filter(db.votes.c.choice == "skip"))
+                .where(db.votes.c.project_id == project_id)
+            ).one()
+        # A skip is not a vote: "votes" here, on the quality page and in the export mean the same.
+        return {"items": total, "ready": ready, "pending": total - ready, "gold": gold, "votes": voted, "skips": skips}
 
     # -- people and sessions ----------------------------------------------------------------------
 

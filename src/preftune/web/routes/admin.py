@@ -18,7 +18,7 @@ from preftune.web.render import render
 from preftune.web.security import get_store, login_base, require_admin
 from preftune.web.store import StoreError, isolate
 from preftune.web.uploads import LIMITS_TEXT
-from preftune.web.votes import progress
+from preftune.web.votes import queue_counts
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
@@ -65,11 +65,11 @@ def project_page(request: Request, project_id: int, notice: str = ""):
     people = []
     now = time.time()
     for user in store.users(project_id):
-        done, total = progress(store, user["id"])
+        counts = queue_counts(store, user["id"])
         expires = user["token_expires_at"]
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires)) if expires else ""
         status = ("expired on " if expires and expires <= now else "expires ") + when
-        people.append({**user, "done": done, "total": total, "link_status": status})
+        people.append({**user, **counts, "link_status": status})
     return render(
         request,
         "project.html",

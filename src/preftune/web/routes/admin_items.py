@@ -103,7 +103,8 @@ def quality_page(request: Request, project_id: int):
         project=project,
         annotators=annotator_quality(votes),
         agreement=agreement(votes),
-        vote_count=len(votes),
+        vote_count=sum(v["choice"] != "skip" for v in votes),
+        skip_count=sum(v["choice"] == "skip" for v in votes),
     )
 
 

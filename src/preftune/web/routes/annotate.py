@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -33,7 +34,8 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
     item = store.item(assignment["item_id"])
     if assignment["shown_at"] is None:
         votes.mark_shown(store, assignment["id"])
-    done, total = votes.progress(store, session["user_id"])
+    counts = votes.queue_counts(store, session["user_id"])
+    done, total = counts["done"], counts["total"]
     left_key = assignment["shown_left"]
     left, right = item[f"response_{left_key}"], item[f"response_{_other(left_key)}"]
     if wants_json(request):
@@ -63,19 +65,35 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
         total=total,
         vote_id=str(uuid.uuid4()),
         strengths=list(enumerate(votes.STRENGTHS))[1:],
+        counts=counts,
+        can_undo=votes.last_vote(store, session["user_id"]) is not None,
+        notice=request.query_params.get("notice", "")[:200],
     )
 
 
 @router.get("")
 def next_item(request: Request, session: dict = Depends(require_annotator)):
-    assignment = votes.next_assignment(get_store(request), session["user_id"])
+    store = get_store(request)
+    assignment = votes.next_assignment(store, session["user_id"])
     if assignment is None:
-        done, total = votes.progress(get_store(request), session["user_id"])
+        counts = votes.queue_counts(store, session["user_id"])
         if wants_json(request):
-            return JSONResponse({"item_id": None, "done": done, "total": total})
-        message = f"You have voted on all {total} items assigned to you. Thank you!"
-        return render(request, "message.html", title="Done", heading="All done", message=message)
+            return JSONResponse({"item_id": None, **counts})
+        return render(
+            request, "done.html", title="Done", counts=counts,
+            can_undo=votes.last_vote(store, session["user_id"]) is not None,
+        )  # fmt: skip
     return _item_page(request, session, assignment)
+
+
+@router.post("/undo")
+def undo(request: Request, session: dict = Depends(require_annotator)):
+    """Take back the last vote and show its item again (see `votes.undo_last_vote`)."""
+    item_id = votes.undo_last_vote(get_store(request), session["user_id"])
+    if wants_json(request):
+        return JSONResponse({"item_id": item_id, "next": f"/annotate/items/{item_id}"})
+    notice = quote("Your last vote was taken back: vote again.")
+    return RedirectResponse(f"/annotate/items/{item_id}?notice={notice}", status_code=303)
 
 
 @router.get("/items/{item_id}")
@@ -131,4 +149,4 @@ def vote(
                 "next": "/annotate",
             }
         )
-    return RedirectResponse("/annotate", status_code=303)
+    return RedirectResponse("/annotate?voted=1", status_code=303)
