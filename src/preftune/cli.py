@@ -344,12 +344,13 @@ def serve(
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     runs: Path = typer.Option(None, "--runs", help="Folder of run folders: the dashboard at /runs follows them live."),
     base_url: str = typer.Option(None, "--base-url", help="Address people open (login links use it; other Host names are refused). Default: the bound address."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Server processes (PostgreSQL scales with them; SQLite has one writer)."),
 ) -> None:
     """Run the labeling app, the training dashboard (/runs) and the playground (/playground)."""
     from .web.app import serve as run_server
 
     try:
-        run_server(db=db, host=host, port=port, runs=runs, base_url=base_url)
+        run_server(db=db, host=host, port=port, runs=runs, base_url=base_url, workers=workers)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
 from sqlalchemy import select, update
@@ -26,39 +28,61 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_serve_keeps_login_tokens_out_of_its_access_log(tmp_path):
-    url = f"sqlite:///{tmp_path / 'log.db'}"
+@contextmanager
+def _serving(url: str, *options: str):
+    """`preftune serve` in a subprocess: yields {"port", "token"}; "log" holds its output after."""
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "preftune", "serve", "--db", url, "--port", str(port)],
+        [sys.executable, "-m", "preftune", "serve", "--db", url, "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    running = {"port": port}
     try:
         first = server.stdout.readline()
-        token = first.strip().rsplit("/", 1)[1]
-        assert len(token) > 30, first
+        running["token"] = first.strip().rsplit("/", 1)[1]
+        assert len(running["token"]) > 30, first
         deadline = time.monotonic() + 60
         while True:
             try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/login/{token}", timeout=5)
+                httpx.get(f"http://127.0.0.1:{port}/favicon.ico", timeout=5)
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        assert answer.status_code == 303
-        # A wrong token too: whatever follows /login/ is a secret to someone.
-        assert httpx.get(f"http://127.0.0.1:{port}/login/not-a-real-token-but-secret").status_code == 403
+        yield running
     finally:
         server.send_signal(signal.SIGINT)
-        output = server.communicate(timeout=30)[0]
-    log = output.split("\n", 1)[1]
+        running["log"] = server.communicate(timeout=30)[0]
+
+
+def test_serve_keeps_login_tokens_out_of_its_access_log(tmp_path):
+    with _serving(f"sqlite:///{tmp_path / 'log.db'}") as server:
+        token, port = server["token"], server["port"]
+        assert httpx.get(f"http://127.0.0.1:{port}/login/{token}", timeout=5).status_code == 303
+        # A wrong token too: whatever follows /login/ is a secret to someone.
+        assert httpx.get(f"http://127.0.0.1:{port}/login/not-a-real-token-but-secret").status_code == 403
+    log = server["log"].split("\n", 1)[1]
     assert '"GET /login/[redacted] HTTP/1.1" 303' in log, log
     assert '"GET /login/[redacted] HTTP/1.1" 403' in log, log
     assert token not in log and "not-a-real-token" not in log
+
+
+def test_serve_with_several_workers_shares_sessions_through_the_database(tmp_path):
+    with _serving(f"sqlite:///{tmp_path / 'workers.db'}", "--workers", "3") as server:
+        base = f"http://127.0.0.1:{server['port']}"
+        login = httpx.get(f"{base}/login/{server['token']}")
+        cookie = {"preftune_session": login.cookies["preftune_session"]}
+        # A fresh connection each time: the kernel spreads them over the workers.
+        answers = [httpx.get(f"{base}/admin", cookies=cookie).status_code for _ in range(30)]
+    assert answers == [200] * 30
+    workers = set(re.findall(r"Started server process \[(\d+)\]", server["log"]))
+    assert len(workers) == 3, server["log"]
+    # Workers log through the same filter; the link was printed once, by the parent, before them.
+    assert '"GET /login/[redacted] HTTP/1.1" 303' in server["log"] and server["token"] not in server["log"]
 
 
 def _set_expiry(store: Store, user_id: int, when: float) -> None:

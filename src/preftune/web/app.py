@@ -9,6 +9,7 @@ dependency for access control.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ def create_app(
     runs: str | Path | None = None,
     base_url: str = DEFAULT_BASE_URL,
     runs_login: bool = False,
+    fail_interrupted_jobs: bool = True,
 ) -> FastAPI:
     """The app over the database at `db` (a URL or an open Store); creates or migrates the schema.
 
@@ -54,7 +56,8 @@ def create_app(
     """
     base_url = check_base_url(base_url)
     store = db if isinstance(db, Store) else Store(db)
-    store.fail_interrupted_jobs()
+    if fail_interrupted_jobs:
+        store.fail_interrupted_jobs()
     app = FastAPI(
         title="preftune",
         docs_url=None,
@@ -185,11 +188,13 @@ def serve(
     log_level: str = "info",
     runs: str | Path | None = None,
     base_url: str | None = None,
+    workers: int = 1,
 ) -> None:
     """`preftune serve`: create or open the database, print the startup lines, run uvicorn.
 
     With `runs`, the dashboard at /runs shows the run folders under it, live while they train.
-    `base_url` (default: the bound address) is what login links start with.
+    `base_url` (default: the bound address) is what login links start with. `workers` > 1 runs
+    that many processes (`asgi.py`); on SQLite they share its one writer, PostgreSQL scales further.
     """
     import uvicorn
 
@@ -202,6 +207,31 @@ def serve(
     if runs is not None:
         who = "" if is_loopback(host) else " (admin login required: the server is not on loopback)"
         print(f"Dashboard of the runs in {runs}: {base}/runs{who}", flush=True)
-    app = create_app(store, runs=runs, base_url=base, runs_login=not is_loopback(host))
     # log_config: uvicorn's own, plus the filter that keeps login secrets out of the access log.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config())
+    options = dict(host=host, port=port, log_level=log_level, log_config=log_config())
+    if workers <= 1:
+        uvicorn.run(create_app(store, runs=runs, base_url=base, runs_login=not is_loopback(host)), **options)
+        return
+    store.fail_interrupted_jobs()  # once, here: see asgi.py
+    store.close()
+    os.environ.update(worker_environment(db, base, runs, runs_login=not is_loopback(host)))
+    uvicorn.run("preftune.web.asgi:app", workers=workers, **options)
+
+
+def worker_environment(db: str, base_url: str, runs: str | Path | None, runs_login: bool) -> dict[str, str]:
+    """The settings a worker process reads back in `app_from_environment`."""
+    return {"PREFTUNE_DB": db, "PREFTUNE_BASE_URL": base_url, "PREFTUNE_RUNS": str(runs or ""),
+            "PREFTUNE_RUNS_LOGIN": "1" if runs_login else "0"}  # fmt: skip
+
+
+def app_from_environment(env: dict[str, str] | None = None) -> FastAPI:
+    """A worker's app from `worker_environment` (set by `serve`, or by hand for another ASGI server).
+    Runs need the admin login unless PREFTUNE_RUNS_LOGIN=0: the safe side for a server started by hand."""
+    env = os.environ if env is None else env
+    return create_app(
+        env.get("PREFTUNE_DB", DEFAULT_DB),
+        runs=env.get("PREFTUNE_RUNS") or None,
+        base_url=env.get("PREFTUNE_BASE_URL", DEFAULT_BASE_URL),
+        runs_login=env.get("PREFTUNE_RUNS_LOGIN", "1") != "0",
+        fail_interrupted_jobs=False,
+    )
