@@ -100,6 +100,9 @@ def test_version_1_database_gains_link_columns_and_unique_names(tmp_path):
         c.execute(text("DROP INDEX uq_user_project_name"))
         c.execute(text("ALTER TABLE users DROP COLUMN token_expires_at"))
         c.execute(text("ALTER TABLE users DROP COLUMN removed_at"))
+        c.execute(text("ALTER TABLE projects DROP COLUMN show_suggestions"))
+        c.execute(text("ALTER TABLE items DROP COLUMN model_a"))
+        c.execute(text("ALTER TABLE items DROP COLUMN model_b"))
         for _ in range(2):
             c.execute(
                 text("INSERT INTO users (name, role, project_id, created_at) VALUES ('ann', 'annotator', :p, 0)"),
@@ -109,6 +112,7 @@ def test_version_1_database_gains_link_columns_and_unique_names(tmp_path):
     store.close()
     upgraded = Store(url)
     assert upgraded.schema_version == 2
+    assert upgraded.project(project_id)["show_suggestions"] is False
     names = [u["name"] for u in upgraded.users(project_id)]
     assert names[0] == "ann" and names[1].startswith("ann (#") and len(set(names)) == 2
     from preftune.web.store import StoreError

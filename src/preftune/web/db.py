@@ -48,6 +48,9 @@ projects = Table(
     Column("overlap", Integer, nullable=False, default=1),
     # Fraction of each annotator's queue made of gold items (known answer, used to score accuracy).
     Column("gold_rate", Float, nullable=False, default=0.0),
+    # Show annotators the judges' picks (collapsed) on each item. Off by default: a visible
+    # suggestion anchors people, and the labels then measure the judge as much as the people.
+    Column("show_suggestions", Boolean, nullable=False, default=False, server_default="0"),
     Column("created_at", Float, nullable=False),
 )
 
@@ -63,6 +66,9 @@ items = Table(
     Column("response_b", Text),
     Column("source", String(200)),
     Column("external_id", String(200)),
+    # Which policy wrote each response (model arena); NULL when not known.
+    Column("model_a", String(200)),
+    Column("model_b", String(200)),
     # Admin-set known answer for gold items: 'a' | 'b' | 'tie' | 'both_bad'; NULL for normal items.
     Column("gold", String(16)),
     Column("created_at", Float, nullable=False),

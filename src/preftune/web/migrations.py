@@ -26,7 +26,8 @@ SCHEMA_VERSION = 2
 
 
 def _v2_links_and_unique_names(connection: Connection) -> None:
-    """Login links that expire or are revoked, removable people, one name per project.
+    """Login links that expire or are revoked, removable people, one name per project; AI
+    suggestions (a project setting) and the model behind each response (the arena).
 
     Databases from before this version may hold two people of one name in a project (concurrent
     invites on PostgreSQL could create them): all but the first get their id appended, so the
@@ -34,6 +35,9 @@ def _v2_links_and_unique_names(connection: Connection) -> None:
     """
     connection.exec_driver_sql("ALTER TABLE users ADD COLUMN token_expires_at FLOAT")
     connection.exec_driver_sql("ALTER TABLE users ADD COLUMN removed_at FLOAT")
+    connection.exec_driver_sql("ALTER TABLE projects ADD COLUMN show_suggestions BOOLEAN NOT NULL DEFAULT '0'")
+    connection.exec_driver_sql("ALTER TABLE items ADD COLUMN model_a VARCHAR(200)")
+    connection.exec_driver_sql("ALTER TABLE items ADD COLUMN model_b VARCHAR(200)")
     users = db.users
     seen: set[tuple] = set()
     rows = connection.execute(select(users.c.id, users.c.project_id, users.c.name).order_by(users.c.id))

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.web.agreement import krippendorff_alpha, nominal_value, ordinal_value, pairwise_kappa
+from preftune.web.agreement import (
+    cohen_kappa,
+    krippendorff_alpha,
+    nominal_value,
+    ordinal_value,
+    pairwise_kappa,
+)
 
 # Reading a prompt and two answers takes longer than this; a median below it means clicking through.
 TOO_FAST_SECONDS = 4.0
@@ -106,3 +113,53 @@ def agreement(votes: list[dict[str, Any]]) -> Agreement:
         # Computed over ids, shown with names.
         kappas=[(names[a], names[b], shared, kappa) for a, b, shared, kappa in pairwise_kappa(nominal)],
     )
+
+
+@dataclass
+class JudgeAgreement:
+    """How often people agree with one judge (the "AI" beside the humans)."""
+
+    judge: str
+    items: int  # items with the judge's pick and at least one human vote
+    human_votes: int  # the human (non-skip) votes on those items
+    vote_agreement: float | None  # share of those votes that match the judge
+    majority_items: int  # of those items, the ones with a strict human majority
+    majority_agreement: float | None  # share of them where the majority matches the judge
+    majority_kappa: float  # Cohen's kappa, judge against the human majority
+
+
+def judge_agreement(votes: list[dict[str, Any]]) -> list[JudgeAgreement]:
+    """One row per judge in `votes` (as returned by `votes.project_votes`), by judge name."""
+    human: dict[int, list[str]] = {}
+    picks: dict[Any, dict[int, str]] = {}
+    names: dict[Any, str] = {}
+    for vote in votes:
+        if vote["choice"] == "skip":
+            continue
+        if vote["user_role"] == "judge":
+            picks.setdefault(vote["user_id"], {})[vote["item_id"]] = vote["choice"]
+            names[vote["user_id"]] = vote["user_name"]
+        else:
+            human.setdefault(vote["item_id"], []).append(vote["choice"])
+    rows = []
+    for judge_id, judged in picks.items():
+        shared = [item for item in judged if item in human]
+        matches = [choice == judged[item] for item in shared for choice in human[item]]
+        majority = {}
+        for item in shared:
+            (top, count), *rest = Counter(human[item]).most_common()
+            if not rest or rest[0][1] < count:
+                majority[item] = top
+        agree = [judged[item] == label for item, label in majority.items()]
+        rows.append(
+            JudgeAgreement(
+                judge=names[judge_id],
+                items=len(shared),
+                human_votes=len(matches),
+                vote_agreement=sum(matches) / len(matches) if matches else None,
+                majority_items=len(majority),
+                majority_agreement=sum(agree) / len(agree) if agree else None,
+                majority_kappa=cohen_kappa([judged[i] for i in majority], list(majority.values())),
+            )
+        )
+    return sorted(rows, key=lambda row: row.judge)

@@ -61,6 +61,9 @@ class NewItem:
     response_b: str | None = None
     source: str | None = None
     external_id: str | None = None
+    # The policies that wrote response_a and response_b, for the arena.
+    model_a: str | None = None
+    model_b: str | None = None
 
 
 def _row(row: Any) -> dict[str, Any] | None:
@@ -128,7 +131,7 @@ class Store:
             raise StoreError(f"a project named {isolate(repr(name))} already exists") from None
 
     def update_project(self, project_id: int, **changes: Any) -> None:
-        allowed = {"guideline", "overlap", "gold_rate"}
+        allowed = {"guideline", "overlap", "gold_rate", "show_suggestions"}
         if set(changes) - allowed:
             raise StoreError(f"unknown project settings: {sorted(set(changes) - allowed)}")
         project = self.project(project_id)
@@ -173,6 +176,8 @@ class Store:
                     response_b=item.response_b,
                     source=item.source,
                     external_id=item.external_id,
+                    model_a=item.model_a,
+                    model_b=item.model_b,
                     created_at=now,
                 )
                 ids.append(c.execute(insert(db.items).values(**values)).inserted_primary_key[0])

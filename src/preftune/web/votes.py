@@ -217,3 +217,16 @@ def project_votes(store: Store, project_id: int) -> list[dict[str, Any]]:
     )
     with store.read() as c:
         return [dict(r._mapping) for r in c.execute(query)]
+
+
+def judge_picks(store: Store, item_id: int) -> list[tuple[str, str]]:
+    """(judge name, choice in item terms) for each judge that voted on the item: the AI suggestions."""
+    v, u = db.votes, db.users
+    query = (
+        select(u.c.name, v.c.choice)
+        .join(u, u.c.id == v.c.user_id)
+        .where(v.c.item_id == item_id, u.c.role == "judge")
+        .order_by(u.c.name)
+    )
+    with store.read() as c:
+        return [tuple(row) for row in c.execute(query)]

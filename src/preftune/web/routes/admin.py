@@ -93,8 +93,12 @@ def update_settings(
     guideline: str = Form(""),
     overlap: int = Form(...),
     gold_rate: float = Form(...),
+    show_suggestions: str = Form(""),
 ):
-    get_store(request).update_project(project_id, guideline=guideline, overlap=overlap, gold_rate=gold_rate)
+    get_store(request).update_project(
+        project_id, guideline=guideline, overlap=overlap, gold_rate=gold_rate,
+        show_suggestions=show_suggestions == "on",
+    )  # fmt: skip
     return back(project_id, "settings saved")
 
 

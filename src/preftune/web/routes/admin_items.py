@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from preftune.web.export import aggregate, parse_drop
-from preftune.web.quality import agreement, annotator_quality
+from preftune.web.quality import agreement, annotator_quality, judge_agreement
 from preftune.web.render import render
 from preftune.web.routes.admin import back
 from preftune.web.security import get_store, require_admin
@@ -103,6 +103,7 @@ def quality_page(request: Request, project_id: int):
         project=project,
         annotators=annotator_quality(votes),
         agreement=agreement(votes),
+        judges=judge_agreement(votes),
         vote_count=sum(v["choice"] != "skip" for v in votes),
         skip_count=sum(v["choice"] == "skip" for v in votes),
     )

@@ -53,6 +53,12 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
             }
         )
     project = store.project(item["project_id"])
+    # Judges' picks in the page's terms (A is whatever is on the left for this person).
+    side = {left_key: "A is better", _other(left_key): "B is better", "tie": "a tie", "both_bad": "both bad"}
+    suggestions = (
+        [(name, side.get(choice, choice)) for name, choice in votes.judge_picks(store, item["id"])]
+        if project["show_suggestions"] else []
+    )  # fmt: skip
     return render(
         request,
         "annotate.html",
@@ -66,6 +72,7 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
         vote_id=str(uuid.uuid4()),
         strengths=list(enumerate(votes.STRENGTHS))[1:],
         counts=counts,
+        suggestions=suggestions,
         can_undo=votes.last_vote(store, session["user_id"]) is not None,
         notice=request.query_params.get("notice", "")[:200],
     )
