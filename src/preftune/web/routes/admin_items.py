@@ -51,10 +51,15 @@ def import_candidates(request: Request, project_id: int, file: UploadFile = File
             rows, report = read_candidates(saved_upload(file, folder))
         except DataError as error:
             raise data_error(error, file) from None
-    check_rows(file.filename, [[m.content for m in row.prompt] + row.responses[:2] for row in rows])
+    check_rows(file.filename, [[m.content for m in row.prompt] + row.responses for row in rows])
     new = [
-        NewItem([m.to_dict() for m in row.prompt], row.responses[0], row.responses[1], file.filename, row.id)
+        NewItem(
+            [m.to_dict() for m in row.prompt], row.responses[i], row.responses[j], file.filename,
+            row.id if len(row.pairs()) == 1 or row.id is None else f"{row.id}:{i}-{j}",
+            row.models[i] if row.models else None, row.models[j] if row.models else None,
+        )  # fmt: skip
         for row in rows
+        for i, j in row.pairs()
     ]
     store.add_items(project_id, new)
     report.path = file.filename
@@ -107,6 +112,18 @@ def quality_page(request: Request, project_id: int):
         vote_count=sum(v["choice"] != "skip" for v in votes),
         skip_count=sum(v["choice"] == "skip" for v in votes),
     )
+
+
+@router.get("/projects/{project_id}/arena")
+def arena_page(request: Request, project_id: int):
+    from preftune.web.arena import battles, leaderboard
+
+    store = get_store(request)
+    project = store.project(project_id)
+    fights = battles(store.items(project_id), project_votes(store, project_id))
+    return render(
+        request, "arena.html", title="Arena", project=project, rows=leaderboard(fights), battles=len(fights),
+    )  # fmt: skip
 
 
 @router.get("/projects/{project_id}/export.jsonl")
