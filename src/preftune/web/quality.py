@@ -30,6 +30,7 @@ POSITION_BIAS_MIN_VOTES = 10
 
 @dataclass
 class AnnotatorQuality:
+    user_id: Any
     name: str
     role: str
     votes: int
@@ -64,6 +65,7 @@ def annotator_quality(votes: list[dict[str, Any]]) -> list[AnnotatorQuality]:
         gold = [v for v in judged if v["gold"] is not None]
         rows.append(
             AnnotatorQuality(
+                user_id=mine[0]["user_id"],
                 name=name,
                 role=role,
                 votes=len(judged),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from preftune.web.export import aggregate, parse_drop
+from preftune.web.mace import MIN_SHARED_ITEMS, competence
 from preftune.web.quality import agreement, annotator_quality, judge_agreement
 from preftune.web.render import render
 from preftune.web.routes.admin import back
@@ -109,6 +110,8 @@ def quality_page(request: Request, project_id: int):
         annotators=annotator_quality(votes),
         agreement=agreement(votes),
         judges=judge_agreement(votes),
+        competence=competence(votes),
+        min_shared=MIN_SHARED_ITEMS,
         vote_count=sum(v["choice"] != "skip" for v in votes),
         skip_count=sum(v["choice"] == "skip" for v in votes),
     )
