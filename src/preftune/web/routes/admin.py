@@ -219,6 +219,19 @@ def auto_label(request: Request, project_id: int, judge: str = Form(...)):
     return back(project_id, f"auto-labeling with {judge.strip()} started")
 
 
+@router.post("/projects/{project_id}/prioritize")
+def prioritize(request: Request, project_id: int, reward_model: str = Form("")):
+    """Active selection: reorder the queues (a job, since a reward model may have to score items)."""
+    store = get_store(request)
+    store.project(project_id)
+    try:
+        work = jobs.prioritize_work(store, project_id, reward_model.strip())
+    except (ValueError, RuntimeError) as error:  # a bad rm: name, as for auto-labeling
+        raise StoreError(str(error)) from None
+    jobs.start_job(store, project_id, "prioritize", work)
+    return back(project_id, "reordering the queues by what a vote would teach")
+
+
 @router.get("/jobs/{job_id}")
 def job_status(request: Request, job_id: int):
     job = get_store(request).job(job_id)
