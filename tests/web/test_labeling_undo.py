@@ -90,7 +90,7 @@ def test_skips_are_not_votes_and_admin_and_quality_pages_agree(site, make_items)
     counted = [re.search(r'id="vote-count">(\d+) votes<', page).group(1) for page in (project_page, quality_page)]
     assert counted == ["11", "11"]
     assert "5 voted, 1 skipped / 6" in project_page and "6 voted / 6" in project_page
-    assert "and 1 skips" in quality_page
+    assert "and 1 skipped" in quality_page
 
 
 def test_an_ended_session_asks_to_log_in_again_instead_of_a_csrf_alarm(site, make_items):
