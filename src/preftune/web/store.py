@@ -15,7 +15,6 @@ import json
 import secrets
 import threading
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,13 +24,20 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from preftune.web import db
+from preftune.web.checks import (  # noqa: F401  (StoreError, NotFound, MAX_ID, isolate: this module's API too)
+    MAX_ID,
+    NotFound,
+    StoreError,
+    check_id,
+    check_name,
+    check_settings,
+    check_text,
+    expiry,
+    isolate,
+)
 from preftune.web.migrations import migrate
 
 SESSION_SECONDS = 30 * 24 * 3600
-# Longest a login link may be set to last (the invite form offers days).
-MAX_LINK_SECONDS = 365 * 24 * 3600
-# Ids are 32-bit integer columns on PostgreSQL (SQLite takes 64 bits): the smaller bound for both.
-MAX_ID = 2**31 - 1
 ROLES = ("admin", "annotator", "judge")
 GOLD_CHOICES = ("a", "b", "tie", "both_bad")
 
@@ -42,14 +48,6 @@ def new_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-class StoreError(ValueError):
-    """A request the store refuses (duplicate name, bad setting...): one-line message."""
-
-
-class NotFound(StoreError):
-    """No such project, item or user (maps to HTTP 404)."""
 
 
 @dataclass
@@ -120,7 +118,7 @@ class Store:
             raise StoreError("a project name needs 1 to 200 characters")
         check_text(name, "the project name")
         check_text(guideline, "the guideline")
-        _check_settings(overlap, gold_rate)
+        check_settings(overlap, gold_rate)
         values = dict(name=name, guideline=guideline, overlap=overlap, gold_rate=gold_rate)
         try:
             with self.write() as c:
@@ -136,7 +134,7 @@ class Store:
             raise StoreError(f"unknown project settings: {sorted(set(changes) - allowed)}")
         project = self.project(project_id)
         check_text(changes.get("guideline", ""), "the guideline")
-        _check_settings(
+        check_settings(
             changes.get("overlap", project["overlap"]), changes.get("gold_rate", project["gold_rate"])
         )
         with self.write() as c:
@@ -246,7 +244,7 @@ class Store:
         token = None if role == "judge" else new_token()
         values = dict(name=name, role=role, project_id=project_id, created_at=time.time())
         values["token_hash"] = hash_token(token) if token else None
-        values["token_expires_at"] = _expiry(expires_in) if token else None
+        values["token_expires_at"] = expiry(expires_in) if token else None
         try:
             with self.write() as c:
                 return c.execute(insert(db.users).values(**values)).inserted_primary_key[0], token
@@ -299,7 +297,7 @@ class Store:
             c.execute(
                 update(db.users)
                 .where(db.users.c.id == user_id)
-                .values(token_hash=hash_token(token), token_expires_at=_expiry(expires_in))
+                .values(token_hash=hash_token(token), token_expires_at=expiry(expires_in))
             )
         return token
 
@@ -396,53 +394,6 @@ class Store:
                 .values(status="failed", message="interrupted: the server stopped", updated_at=time.time())
             )
             return result.rowcount
-
-
-def _expiry(expires_in: float | None) -> float | None:
-    if expires_in is None:
-        return None
-    if not 0 < expires_in <= MAX_LINK_SECONDS:
-        raise StoreError(f"a link can last from a moment to {MAX_LINK_SECONDS // 86400} days")
-    return time.time() + expires_in
-
-
-def isolate(text: str) -> str:
-    """User text for a plain-text message: wrapped in FIRST STRONG ISOLATE ... POP DIRECTIONAL
-    ISOLATE, so a right-to-left override inside it cannot reverse the words around it (pages
-    isolate with <bdi>; notices and error messages are plain strings)."""
-    return f"\u2068{text}\u2069"
-
-
-def check_id(value: int, what: str) -> int:
-    """An id the database can hold, or NotFound: ids past the column's range exist nowhere, and
-    passing one to the driver fails with an overflow (a 500) instead of finding nothing."""
-    if not 1 <= value <= MAX_ID:
-        raise NotFound(f"no {what} with id {value}")
-    return value
-
-
-def check_text(value: str, what: str) -> str:
-    """Refuse NUL: PostgreSQL cannot store it in text, and no person types it."""
-    if "\x00" in value:
-        raise StoreError(f"{what} contains a NUL character (\\x00), which cannot be stored")
-    return value
-
-
-def check_name(name: str) -> str:
-    """A person's name: 1 to 200 characters, no control characters (line breaks, NUL, escapes)."""
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise StoreError("a name needs 1 to 200 characters")
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
-        raise StoreError("a name cannot contain control characters (line breaks, tabs, NUL)")
-    return name
-
-
-def _check_settings(overlap: int, gold_rate: float) -> None:
-    if not 1 <= int(overlap) <= 100:
-        raise StoreError(f"overlap must be between 1 and 100, not {overlap}")
-    if not 0.0 <= float(gold_rate) < 1.0:
-        raise StoreError(f"gold rate must be in [0, 1), not {gold_rate}")
 
 
 def _decode_item(row: Any) -> dict[str, Any]:
