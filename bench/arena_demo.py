@@ -1,6 +1,6 @@
 """Model arena and AI agreement on the demo's prompts, with the kid judge as the simulated annotator.
 
-    python bench/arena_demo.py [--prompts 60] [--work /tmp/preftune-active] [--screenshots docs/img]
+    python bench/arena_demo.py [--prompts 40] [--work /tmp/preftune-active] [--screenshots docs/img]
 
 The "policies" are SmolLM2-135M-Instruct at four sampling temperatures (0.3, 0.7, 1.0, 1.3; up to
 48 tokens, cached in --work): a stand-in for base / DPO / PPO checkpoints that this machine can
@@ -46,7 +46,7 @@ def answers(work: Path, prompts: list[str]) -> dict[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=60)
+    parser.add_argument("--prompts", type=int, default=40)
     parser.add_argument("--work", default="/tmp/preftune-active")
     parser.add_argument("--screenshots", default=None, help="folder for arena.png and quality.png")
     args = parser.parse_args()
