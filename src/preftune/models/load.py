@@ -88,64 +88,12 @@ def resolve_model_path(name: str) -> str:
         from .smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
-    path = run_final_folder(Path(name).expanduser())
+    path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())
-    if not _HUB_ID.match(name) or _looks_local(name):
-        raise ModelLoadError(f"model {name!r}", f"no such file or folder{_close_match(path)}")
-    _check_hub(name)
+    if not _HUB_ID.match(name):
+        raise ModelLoadError(f"model {name!r}", "no such file or folder")
     return name
-
-
-def _looks_local(name: str) -> bool:
-    """A name meant as a path, not "org/model": it starts like a path, or its first part is a
-    folder here (`runs/dpo_sigmod` when runs/ exists), or it ends like a weights file."""
-    first = Path(name).parts[0] if Path(name).parts else ""
-    return (
-        name.startswith((".", "/", "~"))
-        or ("/" in name and Path(first).is_dir())
-        or name.lower().endswith((".gguf", ".safetensors", ".bin", ".pt", ".jsonl", ".json"))
-    )
-
-
-def _close_match(path: Path) -> str:
-    import difflib
-
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        return f" (nor is its folder {parent})"
-    names = [p.name for p in parent.iterdir() if not p.name.startswith(".")]
-    match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
-    return f"; did you mean {parent / match[0]}?" if match else ""
-
-
-def _check_hub(name: str) -> None:
-    """Fail at once, in one line, when a hub model is neither cached nor reachable, instead of
-    letting transformers retry for most of a minute and print a warning per try."""
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
-        return  # offline mode (transformers then says "not cached" in one go) or a cached copy
-    try:
-        huggingface_hub.HfApi().model_info(name, timeout=10)
-    except huggingface_hub.errors.RepositoryNotFoundError:
-        raise ModelLoadError(f"model {name!r}", "not a local path, and the Hugging Face hub has no such model") from None
-    except huggingface_hub.errors.HfHubHTTPError:
-        return  # reachable (gated, rate-limited...): let from_pretrained say what it says
-    except Exception as exc:  # DNS, connection, timeout: the hub cannot be reached from here
-        raise ModelLoadError(
-            f"model {name!r}", f"not a local path, not in the local cache, and the Hugging Face hub is unreachable ({_one_line(exc)})"
-        ) from None
-
-
-def run_final_folder(path: Path) -> Path:
-    """A run folder (the --out of sft, dpo, rm or ppo) stands for its `final/` model; any other
-    path comes back as it is. So `--model runs/dpo`, `--ref` and `--rm` take a run folder."""
-    is_model = any((path / name).exists() for name in ("config.json", "adapter_config.json", "preftune_scalar.json"))
-    if path.is_dir() and not is_model and (path / "final").is_dir() and (path / "config.yaml").is_file():
-        return path / "final"
-    return path
 
 
 def load_tokenizer(name: str):
@@ -231,14 +179,12 @@ def apply_lora(model, settings: LoraSettings):
     return get_peft_model(model, config)
 
 
-def write_pretrained(model, tokenizer, folder: str | Path, final_folder: str | Path | None = None) -> None:
-    """`save_pretrained` of the model (the adapter only, for a PeftModel) and tokenizer into `folder`
-    (a temp folder that becomes `final_folder` when given, as `atomic_folder` does)."""
+def write_pretrained(model, tokenizer, folder: str | Path) -> None:
+    """`save_pretrained` of the model (the adapter only, for a PeftModel) and tokenizer into `folder`."""
     if _is_peft(model):
-        with _loadable_base_name(model, Path(folder), Path(final_folder or folder), tokenizer):
-            # peft's default ("auto") asks the hub whether the base's vocabulary was resized, which
-            # stalls offline; preftune never resizes embeddings, so the answer is always no.
-            model.save_pretrained(folder, save_embedding_layers=False)
+        # peft's default ("auto") asks the hub whether the base's vocabulary was resized, which
+        # stalls offline; preftune never resizes embeddings, so the answer is always no.
+        model.save_pretrained(folder, save_embedding_layers=False)
     else:
         model.save_pretrained(folder)
     if tokenizer is not None:
@@ -249,36 +195,6 @@ def write_pretrained(model, tokenizer, folder: str | Path, final_folder: str | P
         path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
-@contextlib.contextmanager
-def _loadable_base_name(model, folder: Path, final_folder: Path, tokenizer) -> Iterator[None]:
-    """While an adapter is saved, name its base so that peft and transformers can load it: an
-    alias means nothing to them. `smollm2-135m` becomes its converted folder; a `tiny:SEED` base
-    (built in-process, on no disk) is written beside the adapter as `base/` and named by path."""
-    configs = list(model.peft_config.values())
-    recorded = [c.base_model_name_or_path for c in configs]
-    base = recorded[0] or ""
-    tiny = _TINY_NAME.match(base)
-    if tiny:
-        from preftune.models.tiny import tiny_model, tiny_tokenizer
-
-        seed = int(tiny.group(1) or 0)
-        tiny_model(tiny_tokenizer(), seed=seed).save_pretrained(folder / "base")
-        (tokenizer or tiny_tokenizer()).save_pretrained(folder / "base")
-        (folder / "base" / "preftune_base.json").write_text(json.dumps({"alias": base}) + "\n", encoding="utf-8")
-        real = str(final_folder.resolve() / "base")
-    elif base == SMOLLM2_ALIAS:
-        real = resolve_model_path(base)
-    else:
-        real = base
-    for config in configs:
-        config.base_model_name_or_path = real
-    try:
-        yield
-    finally:
-        for config, name in zip(configs, recorded, strict=True):
-            config.base_model_name_or_path = name
-
-
 def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     """Write `save_pretrained` output (the adapter only, for a PeftModel) plus the tokenizer.
 
@@ -286,7 +202,7 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     half-written checkpoint at `out_dir`; an existing `out_dir` is replaced.
     """
     with atomic_folder(out_dir) as tmp:
-        write_pretrained(model, tokenizer, tmp, final_folder=out_dir)
+        write_pretrained(model, tokenizer, tmp)
     return Path(out_dir)
 
 
@@ -297,8 +213,6 @@ def _model_from(source: str, name: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     folder = Path(source)
-    if (folder / "preftune_scalar.json").is_file():
-        raise ModelLoadError(f"model {name!r}", f"{source} is a reward model (preftune rm), not a causal LM to generate with")
     if folder.is_dir() and not (folder / "config.json").is_file():
         raise ModelLoadError(
             f"model {name!r}", f"folder {source} has neither config.json nor adapter_config.json"
@@ -327,9 +241,6 @@ def _load_adapter_folder(folder: Path, name: str, *, dtype: torch.dtype, seed: i
     from peft import PeftModel
 
     base_name = _adapter_base_name(folder)
-    beside = folder / "base"
-    if beside.is_dir() and not Path(base_name).exists():  # the run folder was moved or copied
-        base_name = str(beside)
     base, base_tokenizer = load_policy(base_name, dtype=dtype, seed=seed)
     if _is_peft(base):  # an adapter trained on top of another adapter folder
         base = base.merge_and_unload()
