@@ -1,6 +1,6 @@
 """Load and crash benchmark for the labeling server (issue: 2,000 votes, 0 lost, 0 duplicated).
 
-    python bench/labeling_load.py [--clients 20] [--votes 100] [--db URL]
+    python bench/labeling_load.py [--clients 20] [--votes 100] [--db URL] [--workers N]
 
 1. Steady run: `--clients` annotators, each on its own thread and keep-alive connection, cast
    `--votes` votes over HTTP against `python -m preftune.web` (uvicorn) on 127.0.0.1. Each vote is
@@ -10,6 +10,10 @@
    SIGKILL. With the server dead, every vote that got a 2xx answer must already be in the database.
    The server is restarted; clients resend the vote whose answer they never got, under the same vote
    id, and carry on. At the end: all votes stored exactly once.
+
+With `--workers N` the server runs N uvicorn worker processes; `kill -9` then goes to the whole
+process group (parent and workers at once, as a machine losing power would), not the parent alone,
+whose orphaned workers would otherwise go on answering.
 
 Loopback only, every loop bounded. Prints one table.
 """
@@ -60,9 +64,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(url: str, port: int, log: Path) -> subprocess.Popen:
+def start_server(url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen:
     command = [sys.executable, "-m", "preftune.web", "--db", url, "--host", HOST, "--port", str(port)]
-    server = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    command += ["--workers", str(workers)]
+    # Its own process group, so that kill -9 reaches every worker (see the module docstring).
+    server = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(300):
         try:
             with socket.create_connection((HOST, port), timeout=0.2):
@@ -185,6 +191,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--votes", type=int, default=100)
     parser.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="preftune-load-"))
     url = args.db or f"sqlite:///{folder / 'load.db'}"
@@ -198,7 +205,7 @@ def main() -> None:
     port = free_port()
     rows = []
 
-    server = start_server(url, port, log)
+    server = start_server(url, port, log, args.workers)
     seconds = run_clients(port, steady_clients, args.votes)
     rows.append(("steady", steady_clients, seconds, stored_votes(url, f"steady-{stamp}")))
 
@@ -209,7 +216,7 @@ def main() -> None:
         for _ in range(60_000):  # at most 10 minutes
             if sum(len(c.acked) for c in crash_clients) >= expected // 2:
                 kill["at"] = time.time()
-                os.kill(server.pid, signal.SIGKILL)
+                os.killpg(server.pid, signal.SIGKILL)
                 return
             time.sleep(0.01)
 
@@ -227,15 +234,16 @@ def main() -> None:
     _, present, _ = stored_votes(url, f"crash-{stamp}")
     missing_at_kill = len(acked_before - present)
     restart = time.perf_counter()
-    server = start_server(url, port, log)
+    server = start_server(url, port, log, args.workers)
     restart_seconds = time.perf_counter() - restart
     runner.join()
     rows.append(("kill -9", crash_clients, kill["seconds"], stored_votes(url, f"crash-{stamp}")))
-    server.send_signal(signal.SIGTERM)
+    os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
 
     print(
         f"\nlabeling load: {args.clients} clients x {args.votes} votes, uvicorn on {HOST}, "
+        f"{args.workers} worker process{'es' if args.workers > 1 else ''}, "
         f"{'PostgreSQL' if url.startswith('postgres') else 'SQLite (WAL)'}, {os.cpu_count()} CPUs"
     )
     header = f"{'run':<8} {'2xx':>5} {'stored':>6} {'lost':>4} {'dup':>3} {'errors':>6} {'vote p50':>8} {'vote p95':>8} {'next p50':>8} {'votes/s':>7}"

@@ -365,13 +365,30 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback prints a warning."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     runs: Path = typer.Option(None, "--runs", help="Folder of run folders: the dashboard at /runs follows them live."),
+    base_url: str = typer.Option(None, "--base-url", help="Address people open (login links use it; other Host names are refused). Default: the bound address."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Server processes (PostgreSQL scales with them; SQLite has one writer)."),
 ) -> None:
     """Run the labeling app, the training dashboard (/runs) and the playground (/playground)."""
     from .web.app import serve as run_server
 
     _check_port_free(host, port)
     try:
-        run_server(db=db, host=host, port=port, runs=runs)
+        run_server(db=db, host=host, port=port, runs=runs, base_url=base_url, workers=workers)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+
+
+@app.command("admin-link")
+@user_errors
+def admin_link(
+    db: str = typer.Option(..., "--db", help="Database URL the labeling app uses (as for `preftune serve --db`)."),
+    base_url: str = typer.Option("http://127.0.0.1:8000", "--base-url", help="Address the server is reached at."),
+) -> None:
+    """Print a new admin login link; the old one (and the sessions it opened) stop working."""
+    from .web.app import admin_link as new_admin_link
+
+    try:
+        typer.echo(new_admin_link(db, base_url))
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -130,7 +133,7 @@ class Site:
 
     def __init__(self, store: Store):
         self.store = store
-        self.app = create_app(store)
+        self.app = create_app(store, base_url="http://testserver")
         self.clients: list[TestClient] = []
 
     def client(self, token: str | None = None) -> TestClient:
@@ -160,9 +163,69 @@ def make_items():
     return sample_items
 
 
-@pytest.fixture
-def site(sqlite_store):
-    made = Site(sqlite_store)
+def _site_over(store: Store):
+    made = Site(store)
     yield made
     for client in made.clients:
         client.close()
+
+
+@pytest.fixture
+def any_site(store):
+    """A `Site` over SQLite and, in a second run of the test, over PostgreSQL."""
+    yield from _site_over(store)
+
+
+@pytest.fixture
+def site(sqlite_store):
+    yield from _site_over(sqlite_store)
+
+
+# ---- browser tests: Debian's Chromium driven by Playwright, against a real uvicorn -------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def live(tmp_path):
+    """(base URL, store) of a uvicorn server on a free loopback port, stopped after the test.
+    Its dashboard shows the (empty) folder tmp_path/runs."""
+    import uvicorn
+
+    store = Store(f"sqlite:///{tmp_path / 'live.db'}")
+    (tmp_path / "runs").mkdir()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    app = create_app(store, runs=tmp_path / "runs", base_url=base)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    yield base, store
+    server.should_exit = True
+    thread.join(timeout=20)
+    sock.close()
+    store.close()

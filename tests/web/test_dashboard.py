@@ -116,7 +116,7 @@ def test_data_endpoint_sends_only_new_rows_and_resets_after_a_resume_truncation(
     log = dpo_log(tmp_path, "run")
     for step in range(1, 6):
         log.log(step, healthy_dpo_row(step))
-    client = TestClient(create_app(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), runs=tmp_path))
+    client = TestClient(create_app(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), runs=tmp_path, base_url="http://testserver"))
     first = client.get("/runs/run/data").json()
     assert (
         [r["step"] for r in first["rows"]] == [1, 2, 3, 4, 5]
@@ -137,7 +137,7 @@ def test_data_endpoint_sends_only_new_rows_and_resets_after_a_resume_truncation(
 
 
 def test_plotly_is_served_from_the_installed_package_and_no_runs_folder_is_explained(tmp_path):
-    client = TestClient(create_app(Store(f"sqlite:///{tmp_path / 'db.sqlite'}")))
+    client = TestClient(create_app(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), base_url="http://testserver"))
     script = client.get("/vendor/plotly.min.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert script.content == runs.plotly_js_path().read_bytes()

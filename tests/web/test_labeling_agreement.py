@@ -82,11 +82,11 @@ def test_undefined_agreement_is_nan_not_an_error():
 
 def test_agreement_from_votes_matches_the_table():
     votes = [
-        {"item_id": unit, "user_name": rater, "choice": choice, "strength": None}
+        {"item_id": unit, "user_id": rater, "user_name": rater, "choice": choice, "strength": None}
         for unit, row in CHOICES.items()
         for rater, choice in row.items()
     ]
-    votes.append({"item_id": 7, "user_name": "X", "choice": "skip", "strength": None})
+    votes.append({"item_id": 7, "user_id": "X", "user_name": "X", "choice": "skip", "strength": None})
     result = agreement(votes)
     assert result.alpha_nominal == pytest.approx(38 / 83, abs=1e-12)
     assert result.shared_items == 6

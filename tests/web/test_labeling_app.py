@@ -62,7 +62,7 @@ def test_home_sends_each_role_to_its_page_and_logout_ends_the_session(site):
     client, _ = site.annotator(project_id, "ann")
     assert client.get("/", follow_redirects=False).headers["location"] == "/annotate"
     assert "<strong>both</strong>" in client.get("/annotate/guidelines").text
-    assert "voted on all 0 items" in client.get("/annotate").text
+    assert "all 0 items assigned to you: 0 voted." in client.get("/annotate").text
     response = client.post("/logout", data={"csrf_token": site.csrf(client)}, follow_redirects=False)
     assert response.status_code == 303
     assert client.get("/annotate").status_code == 401
@@ -122,3 +122,15 @@ def test_export_download_parameters_are_checked(site):
     empty = admin.get(f"/admin/projects/{project_id}/export.jsonl")
     assert empty.status_code == 200 and empty.content == b""
     assert empty.headers["content-disposition"] == 'attachment; filename="p.jsonl"'
+
+
+def test_breakable_escapes_and_only_splits_very_long_runs():
+    from preftune.web.render import LONG_WORD, WORD_CHUNK, breakable
+
+    assert str(breakable("a <b> & c")) == "a &lt;b&gt; &amp; c"
+    normal = "word " * 50
+    assert str(breakable(normal)) == normal  # ordinary words wrap as usual
+    hostile = "<script>" * LONG_WORD
+    out = str(breakable(f"x {hostile} y"))
+    assert "<script>" not in out and out.count("<wbr>") == len(hostile) // WORD_CHUNK - (len(hostile) % WORD_CHUNK == 0)
+    assert out.replace("<wbr>", "") == "x " + hostile.replace("<", "&lt;").replace(">", "&gt;") + " y"

@@ -6,65 +6,19 @@ Skipped, with the reason, when /usr/bin/chromium is absent (`apt-get install -y 
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 
 import pytest
 from sqlalchemy import select
 
 from preftune.web import db
-from preftune.web.app import create_app
 from preftune.web.assign import assign_items
-from preftune.web.store import NewItem, Store
+from preftune.web.store import NewItem
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
+CHROMIUM = "/usr/bin/chromium"  # as in conftest.py, which launches it
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
     reason=f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)",
 )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def live(tmp_path):
-    """(base URL, store) of a uvicorn server on a free loopback port, stopped after the test."""
-    import uvicorn
-
-    store = Store(f"sqlite:///{tmp_path / 'live.db'}")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(store), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(timeout=20)
-    sock.close()
-    store.close()
 
 
 def _annotator_with_items(store, items, guideline="Pick the clearer answer."):
@@ -155,4 +109,70 @@ def test_script_and_img_payloads_render_as_inert_text(browser, live):
     assert page.evaluate("Array.from(document.scripts).map(s => s.getAttribute('src'))") == [
         "/static/annotate.js"
     ]
+    page.close()
+
+
+def _shown_item(page) -> int:
+    return int(page.get_attribute("#vote-form", "action").split("/")[3])
+
+
+def _logged_in_page(browser, live, count: int):
+    """(page on the annotator's first item, store, user id, that item's id, the login link)."""
+    base, store = live
+    items = [NewItem([{"role": "user", "content": f"Q{i}?"}], f"A{i}", f"B{i}") for i in range(count)]
+    user_id, token = _annotator_with_items(store, items)
+    page = browser.new_page()
+    page.goto(f"{base}/login/{token}")
+    return page, store, user_id, _shown_item(page), f"{base}/login/{token}"
+
+
+def test_undo_brings_back_an_item_voted_by_a_single_key(browser, live):
+    page, store, _user_id, first, _link = _logged_in_page(browser, live, 3)
+    with page.expect_navigation():
+        page.keyboard.press("s")  # skips at once: the slip undo is for
+    assert "Vote recorded." in page.inner_text("#voted") and _shown_item(page) != first
+    with page.expect_navigation():
+        page.keyboard.press("u")
+    assert _shown_item(page) == first and "taken back" in page.inner_text(".notice")
+    assert store.item_counts(store.projects()[0]["id"])["skips"] == 0
+    page.keyboard.press("1")
+    with page.expect_navigation():
+        page.keyboard.press("r")  # A much better, submitted at once
+    with page.expect_navigation():
+        page.click("#undo")
+    assert _shown_item(page) == first
+    page.keyboard.press("2")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    with store.read() as c:
+        stored = c.execute(select(db.votes.c.item_id, db.votes.c.choice, db.votes.c.strength)).all()
+        left = c.execute(select(db.assignments.c.shown_left).where(db.assignments.c.item_id == first)).scalar()
+    assert stored == [(first, "b" if left == "a" else "a", None)]
+    page.close()
+
+
+def test_a_vote_made_after_the_session_ended_is_kept_through_the_login(browser, live):
+    page, store, user_id, item_id, link = _logged_in_page(browser, live, 2)
+    with store.write() as c:
+        c.execute(db.sessions.delete())  # the session ends while the page is open
+    page.keyboard.press("2")
+    page.focus("textarea[name=rationale]")
+    page.keyboard.type("B cites a source")
+    with page.expect_navigation():
+        page.keyboard.press("Control+Enter")
+    assert "open your login link again" in page.inner_text("main")
+    assert "CSRF" not in page.inner_text("main")
+    page.goto(link)
+    assert _shown_item(page) == item_id
+    assert page.is_checked("input[name=choice][value=right]")
+    assert page.input_value("textarea[name=rationale]") == "B cites a source"
+    assert "filled in" in page.inner_text("#hint")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    with store.read() as c:
+        vote = c.execute(select(db.votes).where(db.votes.c.user_id == user_id)).one()
+        left = c.execute(select(db.assignments.c.shown_left).where(db.assignments.c.item_id == item_id)).scalar()
+    assert (vote.item_id, vote.choice, vote.rationale) == (item_id, "b" if left == "a" else "a", "B cites a source")
+    # The next item starts clean: the kept vote was used once.
+    assert not page.is_checked("input[name=choice][value=right]") and page.input_value("textarea[name=rationale]") == ""
     page.close()

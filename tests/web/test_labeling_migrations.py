@@ -29,21 +29,23 @@ def test_migrations_run_in_order_and_stamp_each_version(tmp_path, monkeypatch):
     Store(url).close()
     ran = []
 
+    now = migrations.SCHEMA_VERSION
+
     def add_notes(connection):
-        ran.append(2)
+        ran.append(now + 1)
         connection.execute(text("ALTER TABLE items ADD COLUMN notes TEXT"))
 
     def add_index(connection):
-        ran.append(3)
+        ran.append(now + 2)
         connection.execute(text("CREATE INDEX ix_items_notes ON items (notes)"))
 
-    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(migrations, "MIGRATIONS", {2: add_notes, 3: add_index})
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", now + 2)
+    monkeypatch.setattr(migrations, "MIGRATIONS", {now + 1: add_notes, now + 2: add_index})
     engine = make_engine(url)
-    assert migrations.migrate(engine) == 3 and ran == [2, 3]
+    assert migrations.migrate(engine) == now + 2 and ran == [now + 1, now + 2]
     assert "notes" in {c["name"] for c in inspect(engine).get_columns("items")}
-    assert migrations.current_version(engine) == 3
-    assert migrations.migrate(engine) == 3 and ran == [2, 3]  # nothing left to do
+    assert migrations.current_version(engine) == now + 2
+    assert migrations.migrate(engine) == now + 2 and ran == [now + 1, now + 2]  # nothing left to do
     engine.dispose()
 
 
@@ -55,12 +57,13 @@ def test_a_failed_migration_leaves_the_last_good_version(tmp_path, monkeypatch):
         connection.execute(text("ALTER TABLE items ADD COLUMN half TEXT"))
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(migrations, "MIGRATIONS", {2: broken})
+    now = migrations.SCHEMA_VERSION
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setattr(migrations, "MIGRATIONS", {now + 1: broken})
     engine = make_engine(url)
     with pytest.raises(RuntimeError, match="disk on fire"):
         migrations.migrate(engine)
-    assert migrations.current_version(engine) == 1
+    assert migrations.current_version(engine) == now
     assert "half" not in {c["name"] for c in inspect(engine).get_columns("items")}  # rolled back
     engine.dispose()
 
@@ -86,3 +89,34 @@ def test_a_database_that_cannot_be_opened_is_one_line(tmp_path):
     )
     with pytest.raises(StoreError, match=r"^nosuch://x: not a usable database URL"):
         Store("nosuch://x")
+
+
+def test_version_1_database_gains_link_columns_and_unique_names(tmp_path):
+    """A database as version 1 left it, two people of one name included, upgrades to version 2."""
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    store = Store(url)
+    project_id = store.create_project("p")
+    with store.write() as c:
+        c.execute(text("DROP INDEX uq_user_project_name"))
+        c.execute(text("ALTER TABLE users DROP COLUMN token_expires_at"))
+        c.execute(text("ALTER TABLE users DROP COLUMN removed_at"))
+        c.execute(text("ALTER TABLE projects DROP COLUMN show_suggestions"))
+        c.execute(text("ALTER TABLE items DROP COLUMN model_a"))
+        c.execute(text("ALTER TABLE items DROP COLUMN model_b"))
+        for _ in range(2):
+            c.execute(
+                text("INSERT INTO users (name, role, project_id, created_at) VALUES ('ann', 'annotator', :p, 0)"),
+                {"p": project_id},
+            )
+        c.execute(text("UPDATE schema_version SET version = 1"))
+    store.close()
+    upgraded = Store(url)
+    assert upgraded.schema_version == 2
+    assert upgraded.project(project_id)["show_suggestions"] is False
+    names = [u["name"] for u in upgraded.users(project_id)]
+    assert names[0] == "ann" and names[1].startswith("ann (#") and len(set(names)) == 2
+    from preftune.web.store import StoreError
+
+    with pytest.raises(StoreError, match="'ann'\u2069 is already in this project"):
+        upgraded.create_user("ann", "annotator", project_id)
+    upgraded.close()

@@ -13,6 +13,7 @@ from preftune.web.quality import TOO_FAST_SECONDS, annotator_quality
 
 def _vote(user, item, choice, *, left="a", seconds=10.0, gold=None, strength=None, role="annotator"):
     return {
+        "user_id": user,
         "user_name": user,
         "user_role": role,
         "item_id": item,
@@ -116,3 +117,33 @@ def test_export_writes_jsonl_and_a_datasets_folder(sqlite_store, tmp_path):
     assert loaded[0]["chosen"] == row["chosen"] and loaded[0]["margin"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="no project named 'nope'"):
         export_project(sqlite_store.url, "nope", tmp_path / "x.jsonl")
+
+
+def test_export_command_takes_a_project_name_or_id(sqlite_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from preftune.cli import app as cli
+    from preftune.web.assign import assign_items
+    from preftune.web.store import NewItem
+    from preftune.web.votes import record_vote
+
+    sqlite_store.create_project("first")
+    project_id = sqlite_store.create_project("second")
+    named_like_an_id = sqlite_store.create_project(str(project_id - 1 + 100))  # "101": a name, not id 101
+    item = NewItem([{"role": "user", "content": "q"}], "yes", "no")
+    (item_id,) = sqlite_store.add_items(project_id, [item])
+    user_id = sqlite_store.create_user("ann", "annotator", project_id)[0]
+    assign_items(sqlite_store, project_id)
+    record_vote(sqlite_store, user_id, item_id, "vote-000009", "a")
+    runner = CliRunner()
+    by_id = runner.invoke(cli, ["export", "--db", sqlite_store.url, "--project", str(project_id), "-o", str(tmp_path / "a.jsonl")])
+    assert by_id.exit_code == 0, by_id.output
+    assert by_id.output.startswith("second: 1 items, 1 pairs kept")
+    assert json.loads((tmp_path / "a.jsonl").read_text())["source"] == "preftune-label:second"
+    by_name = runner.invoke(cli, ["export", "--db", sqlite_store.url, "--project", "second", "-o", str(tmp_path / "b.jsonl")])
+    assert (tmp_path / "b.jsonl").read_bytes() == (tmp_path / "a.jsonl").read_bytes(), by_name.output
+    # A name made of digits is taken as the name first.
+    numeric = runner.invoke(cli, ["export", "--db", sqlite_store.url, "--project", "101", "-o", str(tmp_path / "c.jsonl")])
+    assert numeric.exit_code == 0 and numeric.output.startswith("101: 0 items"), (named_like_an_id, numeric.output)
+    missing = runner.invoke(cli, ["export", "--db", sqlite_store.url, "--project", "77", "-o", str(tmp_path / "d.jsonl")])
+    assert missing.exit_code == 2 and "no project named '77' or with id 77" in missing.output

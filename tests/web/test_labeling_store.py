@@ -54,7 +54,7 @@ def test_projects_and_items_round_trip(store):
     assert item["prompt"] == [{"role": "user", "content": "Q1?"}]
     assert (item["response_a"], item["response_b"]) == ("Q1 answer A", "Q1 answer B")
     store.set_gold(ids[0], "b")
-    assert store.item_counts(project_id) == {"items": 3, "ready": 3, "pending": 0, "gold": 1, "votes": 0}
+    assert store.item_counts(project_id) == {"items": 3, "ready": 3, "pending": 0, "gold": 1, "votes": 0, "skips": 0}
     with pytest.raises(StoreError, match="gold answer"):
         store.set_gold(ids[0], "left")
     assert store.project_by_name("demo")["overlap"] == 3

@@ -180,7 +180,7 @@ def test_reward_hacking_curve_rises_then_falls_in_gold_while_the_proxy_keeps_ris
 
 
 def test_api_answers_json_and_refuses_bad_input(tmp_path):
-    client = TestClient(create_app(Store(f"sqlite:///{tmp_path / 'db.sqlite'}")))
+    client = TestClient(create_app(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), base_url="http://testserver"))
     state = client.get("/playground/api/preferences", params={"labels": "0>3", "simulated": 0}).json()
     assert state["total"] == 1 and state["counts"][0][3] == 1
     assert client.get("/playground/api/preferences", params={"labels": "0>zz"}).status_code == 400

@@ -1,4 +1,5 @@
-"""`python -m preftune.web [--db URL] [--host H] [--port P]`: the server without the CLI (benchmarks)."""
+"""`python -m preftune.web [--db URL] [--host H] [--port P] [--workers N]`: the server without the
+CLI (benchmarks)."""
 
 import argparse
 import sys
@@ -12,8 +13,9 @@ parser.add_argument("--db", default=DEFAULT_DB)
 parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8000)
 parser.add_argument("--log-level", default="warning")
+parser.add_argument("--workers", type=int, default=1)
 args = parser.parse_args()
 try:
-    serve(args.db, args.host, args.port, log_level=args.log_level)
+    serve(args.db, args.host, args.port, log_level=args.log_level, workers=args.workers)
 except StoreError as error:
     sys.exit(f"error: {error}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from preftune.web import db
 from preftune.web.store import Store
@@ -41,7 +41,9 @@ def assign_items(store: Store, project_id: int, seed: int | None = None) -> Assi
     """Top up assignments for a project (see module docstring). `seed` makes the draw repeatable."""
     rng = random.Random(seed)
     project = store.project(project_id)
-    humans = [u for u in store.users(project_id) if u["role"] == "annotator"]
+    # Removed people keep their votes (and those assignments), which still count toward overlap.
+    everyone = [u for u in store.users(project_id, removed=True) if u["role"] == "annotator"]
+    humans = [u for u in everyone if u["removed_at"] is None]
     report = AssignReport(annotators=len(humans))
     if not humans:
         return report
@@ -51,9 +53,15 @@ def assign_items(store: Store, project_id: int, seed: int | None = None) -> Assi
     human_ids = [u["id"] for u in humans]
 
     with store.write() as c:
+        # Top-ups of one project take turns: on PostgreSQL two at once would both see an item as
+        # missing and insert it twice (a unique violation, a 500). SQLite's write lock does this
+        # already; there FOR UPDATE is not rendered.
+        c.execute(select(db.projects.c.id).where(db.projects.c.id == project_id).with_for_update())
         a = db.assignments
         rows = c.execute(
-            select(a.c.item_id, a.c.user_id).where(a.c.project_id == project_id, a.c.user_id.in_(human_ids))
+            select(a.c.item_id, a.c.user_id).where(
+                a.c.project_id == project_id, a.c.user_id.in_([u["id"] for u in everyone])
+            )
         ).all()
         holders: dict[int, set[int]] = {}
         for item_id, user_id in rows:
@@ -61,7 +69,7 @@ def assign_items(store: Store, project_id: int, seed: int | None = None) -> Assi
         gold_set = set(gold)
         load = {u: 0 for u in human_ids}
         for item_id, user_id in rows:
-            if item_id not in gold_set:
+            if item_id not in gold_set and user_id in load:
                 load[user_id] += 1
 
         new: dict[int, list[int]] = {u: [] for u in human_ids}
@@ -138,3 +146,28 @@ def judge_assignment(connection, project_id: int, item_id: int, user_id: int) ->
         return found
     values = dict(project_id=project_id, item_id=item_id, user_id=user_id, position=item_id, shown_left="a")
     return connection.execute(insert(a).values(**values, done=False)).inserted_primary_key[0]
+
+
+def reorder_queues(store: Store, project_id: int, scores: dict[int, float], seed: int | None = None) -> int:
+    """Put every annotator's unvoted items in `active.priority_order` of `scores` (item id ->
+    how much a vote on it would teach), after what they already did. Returns items reordered."""
+    from preftune.web.active import priority_order
+
+    a = db.assignments
+    moved = 0
+    with store.write() as c:
+        c.execute(select(db.projects.c.id).where(db.projects.c.id == project_id).with_for_update())
+        rows = c.execute(
+            select(a.c.id, a.c.user_id, a.c.item_id, a.c.done, a.c.position).where(a.c.project_id == project_id)
+        ).all()
+        by_user: dict[int, list] = {}
+        for row in rows:
+            by_user.setdefault(row.user_id, []).append(row)
+        for user_id, mine in by_user.items():
+            undone = {row.item_id: row.id for row in mine if not row.done}
+            start = max(row.position for row in mine) + 1
+            order = priority_order({item: scores.get(item, 0.0) for item in undone}, seed=None if seed is None else seed + user_id)
+            for offset, item_id in enumerate(order):
+                c.execute(update(a).where(a.c.id == undone[item_id]).values(position=start + offset))
+            moved += len(order)
+    return moved

@@ -2,7 +2,9 @@
 
 Two shapes are accepted:
 - `preftune generate` output, JSONL of `{"prompt": str | [messages], "completions": [str, ...],
-  "id"?: str}` with at least two completions per line;
+  "id"?: str, "models"?: [str, ...]}` with at least two completions per line. With `models` (one
+  name per completion, for the model arena) every pair of completions by different models becomes
+  an item; without it, the first two completions do;
 - anything `preftune.data.formats.read_pairs` reads (pairs, messages, HH, ShareGPT...): each pair's
   two responses become the candidates; which was "chosen" is ignored, since the point is to re-label.
 
@@ -22,6 +24,15 @@ class Candidates:
     prompt: list  # list[Message]
     responses: list[str]
     id: str | None = None
+    # The model behind each response, when the file says (the arena); else None.
+    models: list[str] | None = None
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Which two responses make an item: every pair by different models, or the first two."""
+        if self.models is None:
+            return [(0, 1)]
+        k = len(self.responses)
+        return [(i, j) for i in range(k) for j in range(i + 1, k) if self.models[i] != self.models[j]]
 
 
 @dataclass
@@ -94,9 +105,19 @@ def _read_completions(path: Path) -> tuple[list[Candidates], CandidatesReport]:
             completions = row["completions"]
             if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
                 raise DataError(path, number, "completions must be a list of strings")
+            models = row.get("models")
+            if models is not None and (
+                not isinstance(models, list)
+                or not all(isinstance(m, str) and m.strip() for m in models)
+                or len(models) != len(completions)
+            ):
+                raise DataError(path, number, "models must be a list of names, one per completion")
             if len(completions) < 2:
                 report.dropped["fewer than 2 completions"] += 1
                 continue
-            rows.append(Candidates(messages, completions, None if row.get("id") is None else str(row["id"])))
+            if models is not None and len(set(models)) < 2:
+                report.dropped["completions all from one model"] += 1
+                continue
+            rows.append(Candidates(messages, completions, None if row.get("id") is None else str(row["id"]), models))
             report.kept += 1
     return rows, report

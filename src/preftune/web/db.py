@@ -48,6 +48,9 @@ projects = Table(
     Column("overlap", Integer, nullable=False, default=1),
     # Fraction of each annotator's queue made of gold items (known answer, used to score accuracy).
     Column("gold_rate", Float, nullable=False, default=0.0),
+    # Show annotators the judges' picks (collapsed) on each item. Off by default: a visible
+    # suggestion anchors people, and the labels then measure the judge as much as the people.
+    Column("show_suggestions", Boolean, nullable=False, default=False, server_default="0"),
     Column("created_at", Float, nullable=False),
 )
 
@@ -63,6 +66,9 @@ items = Table(
     Column("response_b", Text),
     Column("source", String(200)),
     Column("external_id", String(200)),
+    # Which policy wrote each response (model arena); NULL when not known.
+    Column("model_a", String(200)),
+    Column("model_b", String(200)),
     # Admin-set known answer for gold items: 'a' | 'b' | 'tie' | 'both_bad'; NULL for normal items.
     Column("gold", String(16)),
     Column("created_at", Float, nullable=False),
@@ -76,9 +82,16 @@ users = Table(
     # 'admin' | 'annotator' | 'judge' (an automatic labeler, named 'judge:NAME').
     Column("role", String(16), nullable=False),
     Column("project_id", ForeignKey("projects.id")),
-    # sha256 of the login token; the token itself is shown once and never stored.
+    # sha256 of the login token; the token itself is shown once and never stored. NULL: revoked.
     Column("token_hash", String(64), unique=True),
+    # When the login link stops working (epoch seconds); NULL: it does not expire.
+    Column("token_expires_at", Float),
+    # Set when an admin removes the person: no login, no queue; their votes stay in the record.
+    Column("removed_at", Float),
     Column("created_at", Float, nullable=False),
+    # One name per project, enforced by the database: concurrent invites cannot both win.
+    # (The admin has no project; NULLs never collide, so this leaves the admin alone.)
+    Index("uq_user_project_name", "project_id", "name", unique=True),
 )
 
 sessions = Table(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preftune.web.store import Store, StoreError
+from preftune.web.store import NotFound, Store, StoreError
 from preftune.web.votes import project_votes
 
 DROPPABLE = ("tie", "both_bad")
@@ -119,6 +119,19 @@ def aggregate(
     return pairs, dropped
 
 
+def find_project(store: Store, name_or_id: str) -> dict[str, Any]:
+    """A project by name or, failing that, by id (a project named "2024" wins over id 2024)."""
+    try:
+        return store.project_by_name(name_or_id)
+    except NotFound:
+        if not (name_or_id.isascii() and name_or_id.isdigit()):
+            raise
+    try:
+        return store.project(int(name_or_id))
+    except NotFound:
+        raise NotFound(f"no project named {name_or_id!r} or with id {name_or_id} in {store.display_url}") from None
+
+
 def export_project(
     db: str | Store,
     project: str,
@@ -137,7 +150,8 @@ def export_project(
         raise ValueError(f"--min-votes must be at least 1, not {min_votes}")
     store = db if isinstance(db, Store) else Store(db)
     try:
-        found = store.project_by_name(project)
+        found = find_project(store, project)
+        project = found["name"]
         items = store.items(found["id"])
         pairs, dropped = aggregate(items, project_votes(store, found["id"]), project, min_votes, drop)
     except StoreError as error:

@@ -133,3 +133,46 @@ def judge_work(store: Store, project_id: int, judge_name: str) -> Callable[[Call
         return f"{user_name} voted on {added} new items ({len(ready)} ready)"
 
     return work
+
+
+def prioritize_work(store: Store, project_id: int, reward_model: str) -> Callable[[Callable[[int, int], None]], str]:
+    """Work that reorders every queue by what a vote would teach (`active.py`): the reward model's
+    uncertainty on each unvoted item (with `reward_model`, an rm:DIR judge) or else the people's
+    disagreement, whichever is larger."""
+    from preftune.web.active import disagreement, reward_uncertainty
+    from preftune.web.assign import reorder_queues
+    from preftune.web.votes import project_votes
+
+    judge = None
+    if reward_model:
+        from preftune.judges import get_judge
+
+        if not reward_model.startswith("rm:"):
+            raise StoreError("uncertainty needs a reward model: give rm:DIR (a folder saved by `preftune rm`)")
+        judge = get_judge(reward_model)  # fail in the request, not the thread
+
+    def work(progress: Callable[[int, int], None]) -> str:
+        ready = store.items(project_id, pending=False)
+        choices: dict[int, list[str]] = {}
+        for vote in project_votes(store, project_id):
+            if vote["user_role"] != "judge":
+                choices.setdefault(vote["item_id"], []).append(vote["choice"])
+        scores = {item["id"]: disagreement(choices.get(item["id"], [])) for item in ready}
+        if judge is not None:
+            from preftune.data.schema import Message
+            from preftune.judges import score_batch
+
+            for start in range(0, len(ready), JUDGE_CHUNK):
+                chunk = ready[start : start + JUDGE_CHUNK]
+                prompts = [[Message(m["role"], m["content"]) for m in item["prompt"]] for item in chunk]
+                rewards = score_batch(judge, [p for p in prompts for _ in range(2)],
+                                      [t for item in chunk for t in (item["response_a"], item["response_b"])])  # fmt: skip
+                for offset, item in enumerate(chunk):
+                    doubt = reward_uncertainty(rewards[2 * offset], rewards[2 * offset + 1])
+                    scores[item["id"]] = max(scores[item["id"]], doubt)
+                progress(start + len(chunk), len(ready))
+        moved = reorder_queues(store, project_id, scores)
+        how = f"{reward_model}'s uncertainty and the people's disagreement" if judge else "the people's disagreement"
+        return f"{moved} queued items reordered by {how} (one in four at random)"
+
+    return work

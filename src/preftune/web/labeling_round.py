@@ -129,11 +129,12 @@ class LabelingRound:
         """Serve the app in a thread; returns the annotator's login link. Port taken: any free one."""
         import uvicorn
 
-        from preftune.web.app import create_app
+        from preftune.web.app import create_app, default_base_url
 
         self._socket = _bind(host, port)
         bound = self._socket.getsockname()[1]
-        config = uvicorn.Config(create_app(self.store), log_level="warning", lifespan="off")
+        app = create_app(self.store, base_url=default_base_url(host, bound))
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         # Not the main thread, so uvicorn leaves the signal handlers alone: Ctrl-C reaches `wait`.
         self._thread = threading.Thread(

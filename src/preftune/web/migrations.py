@@ -22,10 +22,36 @@ from sqlalchemy import Connection, Engine, insert, inspect, select, update
 
 from preftune.web import db
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _v2_links_and_unique_names(connection: Connection) -> None:
+    """Login links that expire or are revoked, removable people, one name per project; AI
+    suggestions (a project setting) and the model behind each response (the arena).
+
+    Databases from before this version may hold two people of one name in a project (concurrent
+    invites on PostgreSQL could create them): all but the first get their id appended, so the
+    unique index can be built and nobody's votes change hands.
+    """
+    connection.exec_driver_sql("ALTER TABLE users ADD COLUMN token_expires_at FLOAT")
+    connection.exec_driver_sql("ALTER TABLE users ADD COLUMN removed_at FLOAT")
+    connection.exec_driver_sql("ALTER TABLE projects ADD COLUMN show_suggestions BOOLEAN NOT NULL DEFAULT '0'")
+    connection.exec_driver_sql("ALTER TABLE items ADD COLUMN model_a VARCHAR(200)")
+    connection.exec_driver_sql("ALTER TABLE items ADD COLUMN model_b VARCHAR(200)")
+    users = db.users
+    seen: set[tuple] = set()
+    rows = connection.execute(select(users.c.id, users.c.project_id, users.c.name).order_by(users.c.id))
+    for user_id, project_id, name in rows.all():
+        if (project_id, name) in seen and project_id is not None:
+            connection.execute(
+                update(users).where(users.c.id == user_id).values(name=f"{name[:180]} (#{user_id})")
+            )
+        seen.add((project_id, name))
+    connection.exec_driver_sql("CREATE UNIQUE INDEX uq_user_project_name ON users (project_id, name)")
+
 
 # version -> function that upgrades a database from version - 1 to version.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_links_and_unique_names}
 
 
 class SchemaError(RuntimeError):

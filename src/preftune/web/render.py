@@ -9,13 +9,14 @@ it is shown as escaped text with its line breaks kept by CSS.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from preftune.web.security import current_session
 
@@ -36,6 +37,29 @@ def markdown_to_html(text: str) -> Markup:
     return Markup(_markdown.render(text or ""))
 
 
+# A run of this many characters without a space gets a break opportunity (<wbr>) every
+# `WORD_CHUNK` characters. Left to itself, Chromium lays out a 200,000-character word in a
+# complex script (Arabic, say) by reshaping the rest of the word at every candidate line end:
+# seconds to tens of seconds per page. Ordinary words never reach this length, so they wrap as usual.
+LONG_WORD = 120
+WORD_CHUNK = 60
+_LONG_RUN = re.compile(rf"\S{{{LONG_WORD},}}")
+
+
+def breakable(text: str | None) -> Markup:
+    """Escaped text with <wbr> inside very long runs without spaces (see LONG_WORD)."""
+    if not text:
+        return Markup("")
+    pieces, last = [], 0
+    for run in _LONG_RUN.finditer(text):
+        pieces.append(escape(text[last : run.start()]))
+        word = run.group()
+        pieces.append(Markup("<wbr>").join(escape(word[i : i + WORD_CHUNK]) for i in range(0, len(word), WORD_CHUNK)))
+        last = run.end()
+    pieces.append(escape(text[last:]))
+    return Markup("").join(pieces)
+
+
 def _number(value: float | None, digits: int = 2) -> str:
     if value is None or value != value:  # None or NaN
         return "—"
@@ -54,6 +78,7 @@ environment = jinja2.Environment(
     lstrip_blocks=True,
 )
 environment.filters["markdown"] = markdown_to_html
+environment.filters["breakable"] = breakable
 environment.filters["number"] = _number
 environment.filters["percent"] = _percent
 environment.filters["tojson_text"] = lambda value: json.dumps(value, ensure_ascii=False)

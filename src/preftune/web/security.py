@@ -1,6 +1,7 @@
 """Who is asking, and may they: sessions, CSRF, roles and security headers.
 
-- Login is by secret link (`/login/TOKEN`); the server keeps only the token's hash. Visiting the
+- Login is by secret link (`/login/TOKEN`); the server keeps only the token's hash and its logs
+  show `/login/[redacted]` (`log_config`). A link may expire, an admin can revoke it. Visiting the
   link opens a server-side session whose id travels in an HttpOnly, SameSite=Lax cookie (Secure
   when served over HTTPS), so page scripts cannot read it and other sites cannot send it on POSTs.
 - Every state-changing request (any method but GET/HEAD/OPTIONS, on any route, including routes
@@ -15,12 +16,15 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
+import re
 from typing import Any
 
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from preftune.web.store import SESSION_SECONDS, Store
+from preftune.web.store import MAX_ID, SESSION_SECONDS, Store
 
 COOKIE = "preftune_session"
 CSRF_FIELD = "csrf_token"
@@ -46,6 +50,11 @@ def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
+def login_base(request: Request) -> str:
+    """Scheme, host and port that login links start with (see `create_app`'s `base_url`)."""
+    return request.app.state.base_url
+
+
 def current_session(request: Request) -> dict[str, Any] | None:
     """The caller's session joined with their user, or None; looked up once per request."""
     cached = getattr(request.state, "session", _UNLOADED)
@@ -63,7 +72,12 @@ async def csrf_protect(request: Request) -> None:
         return
     session = await run_in_threadpool(current_session, request)
     if session is None:
-        raise HTTPException(403, "CSRF check failed: no session; open your login link again")
+        # Most often a session that ended (expired, or logged out in another tab) under an open page.
+        # Without a session there is nothing to forge, so this is a login question, not a CSRF alarm.
+        kept = " Your vote is kept in this browser and filled in again when you are back." if (
+            request.url.path.startswith("/annotate/items/")
+        ) else ""
+        raise HTTPException(401, f"Your session has ended: open your login link again.{kept}")
     sent = request.headers.get(CSRF_HEADER)
     if sent is None:
         content_type = request.headers.get("content-type", "")
@@ -71,6 +85,26 @@ async def csrf_protect(request: Request) -> None:
             sent = (await request.form()).get(CSRF_FIELD)
     if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), session["csrf"].encode()):
         raise HTTPException(403, "CSRF check failed: missing or wrong token; reload the page")
+
+
+async def refuse_out_of_range(request: Request) -> None:
+    """App-wide dependency: ids past what the database holds are 404, NUL anywhere is 400.
+
+    An id past the integer column's range makes the driver overflow (a 500) rather than find
+    nothing; PostgreSQL cannot store NUL in text at all. Checking here covers every route at once.
+    """
+    for name, value in request.path_params.items():
+        if name.endswith("_id") and value.isascii() and value.isdigit() and int(value) > MAX_ID:
+            raise HTTPException(404, f"no {name.removesuffix('_id')} with id {value}")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value or "\x00" in name:
+            raise HTTPException(400, f"{name}: contains a NUL character, which cannot be stored")
+    if request.method not in SAFE_METHODS and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        for name, value in (await request.form()).multi_items():
+            if isinstance(value, str) and ("\x00" in value or "\x00" in name):
+                raise HTTPException(400, f"{name}: contains a NUL character, which cannot be stored")
 
 
 def require_admin(request: Request) -> dict[str, Any]:
@@ -103,8 +137,14 @@ def set_session_cookie(response: Any, request: Request, token: str) -> None:
     )
 
 
+# Pages and downloads hold secrets (invite links, CSRF tokens, exported labels): never kept by a
+# browser's or a proxy's cache. Static assets hold none and may be cached.
+NO_STORE = (b"cache-control", b"no-store")
+CACHEABLE_PREFIXES = ("/static/", "/vendor/", "/favicon.ico")
+
+
 class SecurityHeaders:
-    """ASGI middleware adding `SECURITY_HEADERS` to every HTTP response."""
+    """ASGI middleware adding `SECURITY_HEADERS` (and `NO_STORE` off static paths) to every response."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -113,12 +153,97 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers_to_add = list(SECURITY_HEADERS)
+        if not scope["path"].startswith(CACHEABLE_PREFIXES):
+            headers_to_add.append(NO_STORE)
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 present = {name for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                extra = [(k, v) for k, v in headers_to_add if k not in present]
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+_LOGIN_PATH = re.compile(r"/login/[^\s?#\"]+")
+
+
+def redact_login_tokens(text: str) -> str:
+    return _LOGIN_PATH.sub("/login/[redacted]", text)
+
+
+class RedactLoginTokens(logging.Filter):
+    """Logging filter: a login link's secret never reaches a log (uvicorn logs every request path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_login_tokens(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact_login_tokens(record.msg)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with `RedactLoginTokens` on its access and error loggers."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_login_tokens"] = {"()": RedactLoginTokens}
+    for name in ("uvicorn.access", "uvicorn.error"):
+        config["loggers"].setdefault(name, {})["filters"] = ["redact_login_tokens"]
+    return config
+
+
+def host_name(host_header: str) -> str:
+    """'Example.org:8000' -> 'example.org'; '[::1]:8000' -> '::1'."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """ASGI middleware refusing requests whose Host is not one this server answers to (400).
+
+    Accepted: the configured base URL's host, `localhost`, and IP literals. That closes DNS
+    rebinding (a page on another site re-pointing its own name at this server: the browser then
+    sends that name as Host) while people can still reach a server bound to 0.0.0.0 by its address.
+    """
+
+    def __init__(self, app: Any, allowed: set[str]):
+        self.app = app
+        self.allowed = {name.lower() for name in allowed} | {"localhost"}
+
+    def allows(self, host_header: str) -> bool:
+        host = host_name(host_header)
+        return host in self.allowed or _is_ip(host)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            host = headers.get(b"host", b"").decode("latin-1")
+            if not self.allows(host):
+                body = (
+                    f"unknown host {host!r}: this server answers to {', '.join(sorted(self.allowed))} "
+                    "(start it with --base-url to name the address people use)"
+                ).encode()
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"), *SECURITY_HEADERS]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

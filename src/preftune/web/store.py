@@ -21,9 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from preftune.web import db
+from preftune.web.checks import (  # noqa: F401  (StoreError, NotFound, MAX_ID, isolate: this module's API too)
+    MAX_ID,
+    NotFound,
+    StoreError,
+    check_id,
+    check_name,
+    check_settings,
+    check_text,
+    expiry,
+    isolate,
+)
 from preftune.web.migrations import migrate
 
 SESSION_SECONDS = 30 * 24 * 3600
@@ -39,14 +50,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-class StoreError(ValueError):
-    """A request the store refuses (duplicate name, bad setting...): one-line message."""
-
-
-class NotFound(StoreError):
-    """No such project, item or user (maps to HTTP 404)."""
-
-
 @dataclass
 class NewItem:
     """An item to import: a conversation and, unless generation will fill them, two responses."""
@@ -56,6 +59,9 @@ class NewItem:
     response_b: str | None = None
     source: str | None = None
     external_id: str | None = None
+    # The policies that wrote response_a and response_b, for the arena.
+    model_a: str | None = None
+    model_b: str | None = None
 
 
 def _row(row: Any) -> dict[str, Any] | None:
@@ -110,21 +116,25 @@ class Store:
         name = name.strip()
         if not name or len(name) > 200:
             raise StoreError("a project name needs 1 to 200 characters")
-        _check_settings(overlap, gold_rate)
-        with self.write() as c:
-            if c.execute(select(db.projects.c.id).where(db.projects.c.name == name)).first():
-                raise StoreError(f"a project named {name!r} already exists")
-            values = dict(name=name, guideline=guideline, overlap=overlap, gold_rate=gold_rate)
-            return c.execute(
-                insert(db.projects).values(**values, created_at=time.time())
-            ).inserted_primary_key[0]
+        check_text(name, "the project name")
+        check_text(guideline, "the guideline")
+        check_settings(overlap, gold_rate)
+        values = dict(name=name, guideline=guideline, overlap=overlap, gold_rate=gold_rate)
+        try:
+            with self.write() as c:
+                return c.execute(
+                    insert(db.projects).values(**values, created_at=time.time())
+                ).inserted_primary_key[0]
+        except IntegrityError:  # the unique name, which holds under concurrent requests too
+            raise StoreError(f"a project named {isolate(repr(name))} already exists") from None
 
     def update_project(self, project_id: int, **changes: Any) -> None:
-        allowed = {"guideline", "overlap", "gold_rate"}
+        allowed = {"guideline", "overlap", "gold_rate", "show_suggestions"}
         if set(changes) - allowed:
             raise StoreError(f"unknown project settings: {sorted(set(changes) - allowed)}")
         project = self.project(project_id)
-        _check_settings(
+        check_text(changes.get("guideline", ""), "the guideline")
+        check_settings(
             changes.get("overlap", project["overlap"]), changes.get("gold_rate", project["gold_rate"])
         )
         with self.write() as c:
@@ -132,7 +142,8 @@ class Store:
 
     def project(self, project_id: int) -> dict[str, Any]:
         with self.read() as c:
-            found = _row(c.execute(select(db.projects).where(db.projects.c.id == project_id)).first())
+            query = select(db.projects).where(db.projects.c.id == check_id(project_id, "project"))
+            found = _row(c.execute(query).first())
         if found is None:
             raise NotFound(f"no project with id {project_id}")
         return found
@@ -163,6 +174,8 @@ class Store:
                     response_b=item.response_b,
                     source=item.source,
                     external_id=item.external_id,
+                    model_a=item.model_a,
+                    model_b=item.model_b,
                     created_at=now,
                 )
                 ids.append(c.execute(insert(db.items).values(**values)).inserted_primary_key[0])
@@ -179,7 +192,7 @@ class Store:
 
     def item(self, item_id: int) -> dict[str, Any]:
         with self.read() as c:
-            found = c.execute(select(db.items).where(db.items.c.id == item_id)).first()
+            found = c.execute(select(db.items).where(db.items.c.id == check_id(item_id, "item"))).first()
         if found is None:
             raise NotFound(f"no item with id {item_id}")
         return _decode_item(found)
@@ -207,64 +220,123 @@ class Store:
         ).where(db.items.c.project_id == project_id)
         with self.read() as c:
             total, ready, gold = c.execute(query).one()
-            voted = c.execute(
-                select(func.count()).where(db.votes.c.project_id == project_id, db.votes.c.choice != "skip")
-            ).scalar()
-        return {"items": total, "ready": ready, "pending": total - ready, "gold": gold, "votes": voted}
+            voted, skips = c.execute(
+                select(func.count().filter(db.votes.c.choice != "skip"), func.count().filter(db.votes.c.choice == "skip"))
+                .where(db.votes.c.project_id == project_id)
+            ).one()
+        # A skip is not a vote: "votes" here, on the quality page and in the export mean the same.
+        return {"items": total, "ready": ready, "pending": total - ready, "gold": gold, "votes": voted, "skips": skips}
 
     # -- people and sessions ----------------------------------------------------------------------
 
-    def create_user(self, name: str, role: str, project_id: int | None = None) -> tuple[int, str | None]:
-        """Add a person (or judge) and return (user id, login token); judges get no token."""
-        name = name.strip()
+    def create_user(
+        self, name: str, role: str, project_id: int | None = None, expires_in: float | None = None
+    ) -> tuple[int, str | None]:
+        """Add a person (or judge) and return (user id, login token); judges get no token.
+
+        `expires_in` (seconds): the login link stops working after that long; None: it never does.
+        """
+        name = check_name(name)
         if role not in ROLES:
             raise StoreError(f"role must be one of {ROLES}, not {role!r}")
-        if not name or len(name) > 200:
-            raise StoreError("a name needs 1 to 200 characters")
         if role != "admin":
             self.project(project_id)
         token = None if role == "judge" else new_token()
-        with self.write() as c:
-            taken = select(db.users.c.id).where(db.users.c.project_id == project_id, db.users.c.name == name)
-            if role != "admin" and c.execute(taken).first():
-                raise StoreError(f"{name!r} is already in this project")
-            values = dict(name=name, role=role, project_id=project_id, created_at=time.time())
-            values["token_hash"] = hash_token(token) if token else None
-            return c.execute(insert(db.users).values(**values)).inserted_primary_key[0], token
+        values = dict(name=name, role=role, project_id=project_id, created_at=time.time())
+        values["token_hash"] = hash_token(token) if token else None
+        values["token_expires_at"] = expiry(expires_in) if token else None
+        try:
+            with self.write() as c:
+                return c.execute(insert(db.users).values(**values)).inserted_primary_key[0], token
+        except IntegrityError:
+            # The unique (project, name) index, not a prior lookup: a lookup races on PostgreSQL.
+            raise StoreError(f"{isolate(repr(name))} is already in this project") from None
 
-    def users(self, project_id: int) -> list[dict[str, Any]]:
-        query = select(db.users.c.id, db.users.c.name, db.users.c.role, db.users.c.created_at)
+    def users(self, project_id: int, removed: bool = False) -> list[dict[str, Any]]:
+        """The project's people (and judges) by id; `removed=True` also lists removed ones."""
+        u = db.users
+        query = select(
+            u.c.id, u.c.name, u.c.role, u.c.created_at, u.c.token_expires_at, u.c.removed_at,
+            (u.c.token_hash.is_not(None)).label("has_link"),
+        ).where(u.c.project_id == project_id)  # fmt: skip
+        if not removed:
+            query = query.where(u.c.removed_at.is_(None))
         with self.read() as c:
-            rows = c.execute(query.where(db.users.c.project_id == project_id).order_by(db.users.c.id))
-            return [_row(r) for r in rows]
+            return [_row(r) for r in c.execute(query.order_by(u.c.id))]
 
     def user(self, user_id: int) -> dict[str, Any]:
-        query = select(db.users.c.id, db.users.c.name, db.users.c.role, db.users.c.project_id)
+        u = db.users
+        query = select(u.c.id, u.c.name, u.c.role, u.c.project_id, u.c.removed_at)
         with self.read() as c:
-            found = _row(c.execute(query.where(db.users.c.id == user_id)).first())
+            found = _row(c.execute(query.where(u.c.id == check_id(user_id, "user"))).first())
         if found is None:
             raise NotFound(f"no user with id {user_id}")
         return found
 
     def user_by_token(self, token: str) -> dict[str, Any] | None:
-        query = select(db.users.c.id, db.users.c.name, db.users.c.role, db.users.c.project_id)
+        """The person a login token belongs to, with `expired` set when its link ran out; None when
+        no current link matches (unknown, replaced, revoked, or the person was removed)."""
+        u = db.users
+        query = select(u.c.id, u.c.name, u.c.role, u.c.project_id, u.c.token_expires_at).where(
+            u.c.token_hash == hash_token(token), u.c.removed_at.is_(None)
+        )
         with self.read() as c:
-            return _row(c.execute(query.where(db.users.c.token_hash == hash_token(token))).first())
+            found = _row(c.execute(query).first())
+        if found is not None:
+            expires = found["token_expires_at"]
+            found["expired"] = expires is not None and expires <= time.time()
+        return found
+
+    def new_link(self, user_id: int, expires_in: float | None = None) -> str:
+        """A fresh login link for a person; the old one stops working. Their sessions stay open."""
+        user = self.user(user_id)
+        if user["role"] == "judge" or user["removed_at"] is not None:
+            raise StoreError(f"{isolate(repr(user['name']))} cannot log in (a judge, or removed)")
+        token = new_token()
+        with self.write() as c:
+            c.execute(
+                update(db.users)
+                .where(db.users.c.id == user_id)
+                .values(token_hash=hash_token(token), token_expires_at=expiry(expires_in))
+            )
+        return token
+
+    def revoke_link(self, user_id: int) -> None:
+        """The person's login link stops working and every session it opened ends."""
+        self.user(user_id)
+        with self.write() as c:
+            c.execute(update(db.users).where(db.users.c.id == user_id).values(token_hash=None))
+            c.execute(delete(db.sessions).where(db.sessions.c.user_id == user_id))
+
+    def remove_user(self, user_id: int) -> int:
+        """Remove an annotator: no link, no sessions, no unvoted items (they can be re-assigned).
+        Their votes stay, as the record of what they said. Returns how many items were unassigned."""
+        user = self.user(user_id)
+        if user["role"] == "admin":
+            raise StoreError("the admin cannot be removed (use `preftune admin-link` to replace the link)")
+        a = db.assignments
+        with self.write() as c:
+            c.execute(
+                update(db.users)
+                .where(db.users.c.id == user_id)
+                .values(token_hash=None, removed_at=time.time())
+            )
+            c.execute(delete(db.sessions).where(db.sessions.c.user_id == user_id))
+            return c.execute(delete(a).where(a.c.user_id == user_id, a.c.done.is_(False))).rowcount
 
     def has_admin(self) -> bool:
         with self.read() as c:
             return c.execute(select(db.users.c.id).where(db.users.c.role == "admin")).first() is not None
 
     def new_admin_token(self) -> str:
-        """A fresh admin login token: creates the admin on first use, else replaces the old link."""
+        """A fresh admin login token: creates the admin on first use, else replaces the old link
+        (which stops working at once, and so do the sessions it opened)."""
         with self.read() as c:
             admin_id = c.execute(select(db.users.c.id).where(db.users.c.role == "admin")).scalar()
         if admin_id is None:
             return self.create_user("admin", "admin")[1]
-        token = new_token()
-        with self.write() as c:
-            c.execute(update(db.users).where(db.users.c.id == admin_id).values(token_hash=hash_token(token)))
-        return token
+        self.revoke_link(admin_id)
+        return self.new_link(admin_id)
 
     def create_session(self, user_id: int) -> tuple[str, str]:
         """Open a session and return (cookie value, CSRF token)."""
@@ -281,7 +353,7 @@ class Store:
         query = (
             select(s.c.user_id, s.c.csrf, u.c.name, u.c.role, u.c.project_id)
             .join(u, u.c.id == s.c.user_id)
-            .where(s.c.token_hash == hash_token(token), s.c.expires_at > time.time())
+            .where(s.c.token_hash == hash_token(token), s.c.expires_at > time.time(), u.c.removed_at.is_(None))
         )
         with self.read() as c:
             return _row(c.execute(query).first())
@@ -322,13 +394,6 @@ class Store:
                 .values(status="failed", message="interrupted: the server stopped", updated_at=time.time())
             )
             return result.rowcount
-
-
-def _check_settings(overlap: int, gold_rate: float) -> None:
-    if not 1 <= int(overlap) <= 100:
-        raise StoreError(f"overlap must be between 1 and 100, not {overlap}")
-    if not 0.0 <= float(gold_rate) < 1.0:
-        raise StoreError(f"gold rate must be in [0, 1), not {gold_rate}")
 
 
 def _decode_item(row: Any) -> dict[str, Any]:

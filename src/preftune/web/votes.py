@@ -14,17 +14,20 @@ import re
 import time
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from preftune.web import db
 from preftune.web.assign import judge_assignment
-from preftune.web.store import Store, StoreError
+from preftune.web.store import Store, StoreError, check_text
 
 CHOICES = ("a", "b", "tie", "both_bad", "skip")
 # Index = stored strength; the words annotators see.
 STRENGTHS = (None, "negligibly", "slightly", "clearly", "much")
 MAX_RATIONALE = 5000
+# How long a vote can be taken back with Undo: long enough to notice a slip, short enough that
+# the votes an export or a training run already read stay put.
+UNDO_SECONDS = 10 * 60
 _VOTE_UID = re.compile(r"^[A-Za-z0-9:_.\-]{8,100}$")
 
 
@@ -63,12 +66,45 @@ def mark_shown(store: Store, assignment_id: int) -> None:
 
 
 def progress(store: Store, user_id: int) -> tuple[int, int]:
-    """(done, total) assignments for a person."""
-    a = db.assignments
+    """(done, total) assignments for a person; done counts skips too (see `queue_counts`)."""
+    counts = queue_counts(store, user_id)
+    return counts["done"], counts["total"]
+
+
+def queue_counts(store: Store, user_id: int) -> dict[str, int]:
+    """A person's queue: total, done (answered or skipped), and of those voted and skipped."""
+    a, v = db.assignments, db.votes
     query = select(func.count(), func.count().filter(a.c.done.is_(True))).where(a.c.user_id == user_id)
+    skips = select(func.count()).where(v.c.user_id == user_id, v.c.choice == "skip")
     with store.read() as c:
         total, done = c.execute(query).one()
-    return done, total
+        skipped = c.execute(skips).scalar()
+    return {"total": total, "done": done, "voted": done - skipped, "skipped": skipped}
+
+
+def last_vote(store: Store, user_id: int) -> dict[str, Any] | None:
+    """The person's most recent vote while it can still be undone (`UNDO_SECONDS`), or None."""
+    v = db.votes
+    query = select(v).where(v.c.user_id == user_id).order_by(v.c.id.desc()).limit(1)
+    with store.read() as c:
+        row = c.execute(query).first()
+    if row is None or row.created_at < time.time() - UNDO_SECONDS:
+        return None
+    return dict(row._mapping)
+
+
+def undo_last_vote(store: Store, user_id: int) -> int:
+    """Take back the person's most recent vote (within `UNDO_SECONDS`): the vote is deleted and the
+    item goes back to the front of their queue. Returns the item id; StoreError if nothing to undo.
+    Repeating it steps further back, one vote at a time."""
+    v, a = db.votes, db.assignments
+    with store.write() as c:
+        row = c.execute(select(v).where(v.c.user_id == user_id).order_by(v.c.id.desc()).limit(1)).first()
+        if row is None or row.created_at < time.time() - UNDO_SECONDS:
+            raise StoreError(f"no vote to undo (a vote can be undone for {UNDO_SECONDS // 60} minutes)")
+        c.execute(delete(v).where(v.c.id == row.id))
+        c.execute(update(a).where(a.c.id == row.assignment_id).values(done=False))
+    return row.item_id
 
 
 def validate_vote(vote_uid: str, choice: str, strength: int | None, rationale: str) -> None:
@@ -80,6 +116,7 @@ def validate_vote(vote_uid: str, choice: str, strength: int | None, rationale: s
         raise StoreError("strength (1-4) goes only with an 'a' or 'b' choice")
     if len(rationale) > MAX_RATIONALE:
         raise StoreError(f"rationale is longer than {MAX_RATIONALE} characters")
+    check_text(rationale, "the rationale")
 
 
 def record_vote(
@@ -180,3 +217,16 @@ def project_votes(store: Store, project_id: int) -> list[dict[str, Any]]:
     )
     with store.read() as c:
         return [dict(r._mapping) for r in c.execute(query)]
+
+
+def judge_picks(store: Store, item_id: int) -> list[tuple[str, str]]:
+    """(judge name, choice in item terms) for each judge that voted on the item: the AI suggestions."""
+    v, u = db.votes, db.users
+    query = (
+        select(u.c.name, v.c.choice)
+        .join(u, u.c.id == v.c.user_id)
+        .where(v.c.item_id == item_id, u.c.role == "judge")
+        .order_by(u.c.name)
+    )
+    with store.read() as c:
+        return [tuple(row) for row in c.execute(query)]

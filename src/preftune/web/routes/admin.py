@@ -6,17 +6,24 @@ Items (imports, gold), quality and export are in `admin_items.py`. Every route h
 
 from __future__ import annotations
 
+import math
+import time
+
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from preftune.web import jobs
 from preftune.web.assign import assign_items
 from preftune.web.render import render
-from preftune.web.security import get_store, require_admin
-from preftune.web.store import StoreError
-from preftune.web.votes import progress
+from preftune.web.security import get_store, login_base, require_admin
+from preftune.web.store import StoreError, isolate
+from preftune.web.uploads import LIMITS_TEXT
+from preftune.web.votes import queue_counts
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+# What the invite form proposes; an admin can change it per invitation (0: never expires).
+DEFAULT_LINK_DAYS = 30
 
 
 def known_judges() -> list[str]:
@@ -56,9 +63,13 @@ def project_page(request: Request, project_id: int, notice: str = ""):
     store = get_store(request)
     project = store.project(project_id)
     people = []
+    now = time.time()
     for user in store.users(project_id):
-        done, total = progress(store, user["id"])
-        people.append({**user, "done": done, "total": total})
+        counts = queue_counts(store, user["id"])
+        expires = user["token_expires_at"]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires)) if expires else ""
+        status = ("expired on " if expires and expires <= now else "expires ") + when
+        people.append({**user, **counts, "link_status": status})
     return render(
         request,
         "project.html",
@@ -69,6 +80,8 @@ def project_page(request: Request, project_id: int, notice: str = ""):
         job_list=store.jobs(project_id)[:5],
         running=jobs.running_job(store, project_id),
         judges=known_judges(),
+        default_link_days=DEFAULT_LINK_DAYS,
+        upload_limits=LIMITS_TEXT,
         notice=notice,
     )
 
@@ -80,20 +93,82 @@ def update_settings(
     guideline: str = Form(""),
     overlap: int = Form(...),
     gold_rate: float = Form(...),
+    show_suggestions: str = Form(""),
 ):
-    get_store(request).update_project(project_id, guideline=guideline, overlap=overlap, gold_rate=gold_rate)
+    get_store(request).update_project(
+        project_id, guideline=guideline, overlap=overlap, gold_rate=gold_rate,
+        show_suggestions=show_suggestions == "on",
+    )  # fmt: skip
     return back(project_id, "settings saved")
 
 
+def _link_seconds(days: str) -> float | None:
+    """The invite form's "expires after N days" (empty or 0: never) in seconds."""
+    days = days.strip()
+    if not days or days == "0":
+        return None
+    try:
+        value = float(days)
+    except ValueError:
+        raise StoreError(f"link lifetime must be a number of days, not {days!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise StoreError(f"link lifetime must be a number of days, not {days!r}")
+    return value * 86400
+
+
+def _invitation(request: Request, project: dict, name: str, token: str, expires_in: float | None):
+    link = f"{login_base(request)}/login/{token}"
+    response = render(
+        request, "invited.html", title="Invitation", project=project, name=name, link=link,
+        expires_days=None if expires_in is None else expires_in / 86400,
+    )  # fmt: skip
+    return response
+
+
 @router.post("/projects/{project_id}/annotators")
-def invite(request: Request, project_id: int, name: str = Form(...)):
+def invite(request: Request, project_id: int, name: str = Form(...), expires_days: str = Form("")):
     store = get_store(request)
     project = store.project(project_id)
     if name.strip().startswith("judge:"):
         raise StoreError("names starting with 'judge:' are kept for automatic judges")
-    _user_id, token = store.create_user(name, "annotator", project_id)
-    link = f"{str(request.base_url).rstrip('/')}/login/{token}"
-    return render(request, "invited.html", title="Invitation", project=project, name=name.strip(), link=link)
+    expires_in = _link_seconds(expires_days)
+    _user_id, token = store.create_user(name, "annotator", project_id, expires_in=expires_in)
+    return _invitation(request, project, name.strip(), token, expires_in)
+
+
+def _project_member(request: Request, project_id: int, user_id: int) -> dict:
+    user = get_store(request).user(user_id)
+    if user["project_id"] != project_id or user["role"] != "annotator":
+        raise HTTPException(404, f"no annotator with id {user_id} in this project")
+    return user
+
+
+@router.post("/projects/{project_id}/annotators/{user_id}/link")
+def new_link(request: Request, project_id: int, user_id: int, expires_days: str = Form("")):
+    """A new login link for an annotator (the old one stops working): for a lost or leaked link."""
+    store = get_store(request)
+    user = _project_member(request, project_id, user_id)
+    expires_in = _link_seconds(expires_days)
+    token = store.new_link(user_id, expires_in)
+    return _invitation(request, store.project(project_id), user["name"], token, expires_in)
+
+
+@router.post("/projects/{project_id}/annotators/{user_id}/revoke")
+def revoke_link(request: Request, project_id: int, user_id: int):
+    user = _project_member(request, project_id, user_id)
+    get_store(request).revoke_link(user_id)
+    return back(project_id, f"{isolate(user['name'])}'s login link no longer works and they are logged out")
+
+
+@router.post("/projects/{project_id}/annotators/{user_id}/remove")
+def remove(request: Request, project_id: int, user_id: int):
+    user = _project_member(request, project_id, user_id)
+    unassigned = get_store(request).remove_user(user_id)
+    return back(
+        project_id,
+        f"{isolate(user['name'])} removed: logged out, {unassigned} unvoted items freed (assign again to hand "
+        "them to others); their votes are kept",
+    )
 
 
 @router.post("/projects/{project_id}/assign")
@@ -142,6 +217,19 @@ def auto_label(request: Request, project_id: int, judge: str = Form(...)):
         raise StoreError(str(error)) from None
     jobs.start_job(store, project_id, "judge", work)
     return back(project_id, f"auto-labeling with {judge.strip()} started")
+
+
+@router.post("/projects/{project_id}/prioritize")
+def prioritize(request: Request, project_id: int, reward_model: str = Form("")):
+    """Active selection: reorder the queues (a job, since a reward model may have to score items)."""
+    store = get_store(request)
+    store.project(project_id)
+    try:
+        work = jobs.prioritize_work(store, project_id, reward_model.strip())
+    except (ValueError, RuntimeError) as error:  # a bad rm: name, as for auto-labeling
+        raise StoreError(str(error)) from None
+    jobs.start_job(store, project_id, "prioritize", work)
+    return back(project_id, "reordering the queues by what a vote would teach")
 
 
 @router.get("/jobs/{job_id}")

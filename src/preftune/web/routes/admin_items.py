@@ -9,32 +9,18 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from preftune.web.export import aggregate, parse_drop
-from preftune.web.quality import agreement, annotator_quality
+from preftune.web.mace import MIN_SHARED_ITEMS, competence
+from preftune.web.quality import agreement, annotator_quality, judge_agreement
 from preftune.web.render import render
 from preftune.web.routes.admin import back
 from preftune.web.security import get_store, require_admin
 from preftune.web.store import NewItem, StoreError
+from preftune.web.uploads import check_rows, data_error, saved_upload
 from preftune.web.votes import project_votes
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
-UPLOAD_SUFFIXES = {".jsonl", ".json", ".txt", ".csv", ".parquet"}
 ITEMS_PER_PAGE = 100
-
-
-def _saved_upload(upload: UploadFile, folder: str) -> Path:
-    """The upload written to a private temporary file; the readers pick a format by suffix."""
-    suffix = Path(upload.filename or "").suffix.lower()
-    path = Path(folder) / f"upload{suffix if suffix in UPLOAD_SUFFIXES else '.jsonl'}"
-    path.write_bytes(upload.file.read())
-    return path
-
-
-def _data_error(error: Exception, upload: UploadFile) -> StoreError:
-    # Name the file the admin chose, not our temporary copy.
-    reason = getattr(error, "reason", str(error))
-    line = getattr(error, "line", 0)
-    return StoreError(f"{upload.filename}:{line}: {reason}" if line else f"{upload.filename}: {reason}")
 
 
 @router.post("/projects/{project_id}/prompts")
@@ -46,9 +32,10 @@ def import_prompts(request: Request, project_id: int, file: UploadFile = File(..
     store.project(project_id)
     with tempfile.TemporaryDirectory() as folder:
         try:
-            prompts = read_prompts(_saved_upload(file, folder))
+            prompts = read_prompts(saved_upload(file, folder))
         except DataError as error:
-            raise _data_error(error, file) from None
+            raise data_error(error, file) from None
+    check_rows(file.filename, [[m.content for m in p] for p in prompts])
     store.add_items(project_id, [NewItem([m.to_dict() for m in p], source=file.filename) for p in prompts])
     return back(project_id, f"{len(prompts)} prompts imported; generate candidates for them next")
 
@@ -62,12 +49,18 @@ def import_candidates(request: Request, project_id: int, file: UploadFile = File
     store.project(project_id)
     with tempfile.TemporaryDirectory() as folder:
         try:
-            rows, report = read_candidates(_saved_upload(file, folder))
+            rows, report = read_candidates(saved_upload(file, folder))
         except DataError as error:
-            raise _data_error(error, file) from None
+            raise data_error(error, file) from None
+    check_rows(file.filename, [[m.content for m in row.prompt] + row.responses for row in rows])
     new = [
-        NewItem([m.to_dict() for m in row.prompt], row.responses[0], row.responses[1], file.filename, row.id)
+        NewItem(
+            [m.to_dict() for m in row.prompt], row.responses[i], row.responses[j], file.filename,
+            row.id if len(row.pairs()) == 1 or row.id is None else f"{row.id}:{i}-{j}",
+            row.models[i] if row.models else None, row.models[j] if row.models else None,
+        )  # fmt: skip
         for row in rows
+        for i, j in row.pairs()
     ]
     store.add_items(project_id, new)
     report.path = file.filename
@@ -116,8 +109,24 @@ def quality_page(request: Request, project_id: int):
         project=project,
         annotators=annotator_quality(votes),
         agreement=agreement(votes),
-        vote_count=len(votes),
+        judges=judge_agreement(votes),
+        competence=competence(votes),
+        min_shared=MIN_SHARED_ITEMS,
+        vote_count=sum(v["choice"] != "skip" for v in votes),
+        skip_count=sum(v["choice"] == "skip" for v in votes),
     )
+
+
+@router.get("/projects/{project_id}/arena")
+def arena_page(request: Request, project_id: int):
+    from preftune.web.arena import battles, leaderboard
+
+    store = get_store(request)
+    project = store.project(project_id)
+    fights = battles(store.items(project_id), project_votes(store, project_id))
+    return render(
+        request, "arena.html", title="Arena", project=project, rows=leaderboard(fights), battles=len(fights),
+    )  # fmt: skip
 
 
 @router.get("/projects/{project_id}/export.jsonl")

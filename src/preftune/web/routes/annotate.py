@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -21,6 +22,7 @@ from preftune.web.security import get_store, require_annotator
 router = APIRouter(prefix="/annotate", dependencies=[Depends(require_annotator)])
 
 DISPLAY_CHOICES = ("left", "right", "tie", "both_bad", "skip")
+STRENGTH_VALUES = ("", "1", "2", "3", "4")
 
 
 def _other(side: str) -> str:
@@ -32,7 +34,8 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
     item = store.item(assignment["item_id"])
     if assignment["shown_at"] is None:
         votes.mark_shown(store, assignment["id"])
-    done, total = votes.progress(store, session["user_id"])
+    counts = votes.queue_counts(store, session["user_id"])
+    done, total = counts["done"], counts["total"]
     left_key = assignment["shown_left"]
     left, right = item[f"response_{left_key}"], item[f"response_{_other(left_key)}"]
     if wants_json(request):
@@ -50,6 +53,12 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
             }
         )
     project = store.project(item["project_id"])
+    # Judges' picks in the page's terms (A is whatever is on the left for this person).
+    side = {left_key: "A is better", _other(left_key): "B is better", "tie": "a tie", "both_bad": "both bad"}
+    suggestions = (
+        [(name, side.get(choice, choice)) for name, choice in votes.judge_picks(store, item["id"])]
+        if project["show_suggestions"] else []
+    )  # fmt: skip
     return render(
         request,
         "annotate.html",
@@ -62,19 +71,36 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
         total=total,
         vote_id=str(uuid.uuid4()),
         strengths=list(enumerate(votes.STRENGTHS))[1:],
+        counts=counts,
+        suggestions=suggestions,
+        can_undo=votes.last_vote(store, session["user_id"]) is not None,
+        notice=request.query_params.get("notice", "")[:200],
     )
 
 
 @router.get("")
 def next_item(request: Request, session: dict = Depends(require_annotator)):
-    assignment = votes.next_assignment(get_store(request), session["user_id"])
+    store = get_store(request)
+    assignment = votes.next_assignment(store, session["user_id"])
     if assignment is None:
-        done, total = votes.progress(get_store(request), session["user_id"])
+        counts = votes.queue_counts(store, session["user_id"])
         if wants_json(request):
-            return JSONResponse({"item_id": None, "done": done, "total": total})
-        message = f"You have voted on all {total} items assigned to you. Thank you!"
-        return render(request, "message.html", title="Done", heading="All done", message=message)
+            return JSONResponse({"item_id": None, **counts})
+        return render(
+            request, "done.html", title="Done", counts=counts,
+            can_undo=votes.last_vote(store, session["user_id"]) is not None,
+        )  # fmt: skip
     return _item_page(request, session, assignment)
+
+
+@router.post("/undo")
+def undo(request: Request, session: dict = Depends(require_annotator)):
+    """Take back the last vote and show its item again (see `votes.undo_last_vote`)."""
+    item_id = votes.undo_last_vote(get_store(request), session["user_id"])
+    if wants_json(request):
+        return JSONResponse({"item_id": item_id, "next": f"/annotate/items/{item_id}"})
+    notice = quote("Your last vote was taken back: vote again.")
+    return RedirectResponse(f"/annotate/items/{item_id}?notice={notice}", status_code=303)
 
 
 @router.get("/items/{item_id}")
@@ -113,8 +139,10 @@ def vote(
     stored_choice = {"left": assignment["shown_left"], "right": _other(assignment["shown_left"])}.get(
         choice, choice
     )
-    if strength and not strength.isdigit():
-        raise HTTPException(400, "strength must be 1, 2, 3 or 4")
+    # Exactly the documented values: str.isdigit() also takes '²' and '٣', and int() of 5,000 digits
+    # raises past Python's conversion limit.
+    if strength not in STRENGTH_VALUES:
+        raise HTTPException(400, "strength must be 1, 2, 3 or 4 (or left empty)")
     strength_value = int(strength) if strength and stored_choice in ("a", "b") else None
     recorded, created = votes.record_vote(
         store, session["user_id"], item_id, vote_id, stored_choice, strength_value, rationale.strip()
@@ -128,4 +156,4 @@ def vote(
                 "next": "/annotate",
             }
         )
-    return RedirectResponse("/annotate", status_code=303)
+    return RedirectResponse("/annotate?voted=1", status_code=303)

@@ -3,8 +3,9 @@
 Pages are rendered once; `dashboard_live.js` then polls `/runs/ID/data?since=N` every second and adds
 the new rows of `metrics.jsonl` (and new samples) to the charts, so a page follows a run while it
 trains with no reload. The server keeps nothing per client: `since` is the number of rows the page
-already has. The dashboard is read-only and, like the playground, needs no login; bind to
-loopback (the default) unless the runs may be seen by anyone who can reach the port.
+already has. The dashboard is read-only. Served on loopback it needs no login; served on any other
+address (`serve --host 0.0.0.0`) it is for the logged-in admin only, since samples and configs can
+be private. Pages never show the server's folders: runs are named relative to the runs folder.
 
 Plotly comes from the installed `plotly` package, served under `/vendor/` (no CDN).
 """
@@ -14,13 +15,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from preftune.runlog import read_metrics
 from preftune.web import runs
 from preftune.web.render import render
+from preftune.web.security import require_admin
 
 router = APIRouter()
 
@@ -29,6 +31,15 @@ MAX_OVERLAY = 8
 
 def runs_root(request: Request) -> Path | None:
     return getattr(request.app.state, "runs_dir", None)
+
+
+def runs_access(request: Request) -> None:
+    """Dependency of every /runs route: the admin's login, when the app says runs need one."""
+    if getattr(request.app.state, "runs_login", False):
+        require_admin(request)
+
+
+runs_router = APIRouter(prefix="/runs", dependencies=[Depends(runs_access)])
 
 
 def _run_dir(request: Request, run_id: str) -> Path:
@@ -63,16 +74,18 @@ def plotly_guards() -> tuple[str, ...]:
         return ()
 
 
-@router.get("/runs")
+@runs_router.get("")
 def index(request: Request):
     root = runs_root(request)
     listed = runs.list_runs(root) if root is not None else []
     for run in listed:
         run["updated_text"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["updated"]))
-    return render(request, "dashboard_index.html", title="Runs", root=root, runs=listed)
+    # The folder's own name only: its place on the server is nobody's business.
+    folder = None if root is None else root.name or str(root)
+    return render(request, "dashboard_index.html", title="Runs", root=folder, runs=listed)
 
 
-@router.get("/runs/compare")
+@runs_router.get("/compare")
 def compare(request: Request, run: list[str] = Query(default_factory=list)):
     chosen = list(dict.fromkeys(run))  # keep the order, drop repeats
     if not chosen:
@@ -82,12 +95,12 @@ def compare(request: Request, run: list[str] = Query(default_factory=list)):
     return _page(request, chosen)
 
 
-@router.get("/runs/{run_id}")
+@runs_router.get("/{run_id}")
 def run_page(request: Request, run_id: str):
     return _page(request, [run_id])
 
 
-@router.get("/runs/{run_id}/data")
+@runs_router.get("/{run_id}/data")
 def run_data(request: Request, run_id: str, since: int = Query(0, ge=0), samples_since: int = Query(0, ge=0)):
     """New metric rows and samples after the first `since` / `samples_since`, and the run's
     reward-hacking warnings (all of them, each time: those of `preftune.eval.hacking.check_run`).
