@@ -175,7 +175,9 @@ def main() -> None:
         help="our variants, BATCHING:CHECKPOINTING[:PRECISION] each",
     )
     parser.add_argument(
-        "--trl", default="auto,fp32", help="TRL settings, PRECISION[:CHECKPOINTING] each (off|full)"
+        "--trl",
+        default="auto,auto:full,fp32",
+        help="TRL settings, PRECISION[:CHECKPOINTING] each (off|full); auto:full on a CPU with bf16 units is TRL's defaults",
     )
     parser.add_argument("--pack-length", type=int, default=0)
     parser.add_argument("--no-trl", action="store_true")

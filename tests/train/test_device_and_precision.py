@@ -156,7 +156,7 @@ def test_auto_on_a_bf16_cpu_trains_in_bf16(kind, metric, data, tmp_path, monkeyp
     fake_cpuinfo(monkeypatch, tmp_path, CPUINFO_AVX512_BF16)
     bf16 = read_metrics(run_trainer(kind, data, tmp_path / "auto", max_steps=1))[0][metric]
     assert bf16 != fp32
-    assert bf16 == pytest.approx(fp32, rel=0.05, abs=0.05)
+    assert bf16 == pytest.approx(fp32, rel=0.01)  # seen: 1.4e-6 (dpo log-probs), 2.9e-3 (rm mean reward)
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")

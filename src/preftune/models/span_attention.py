@@ -136,7 +136,8 @@ def _attend(q, k, v, visible: torch.Tensor | None, options: dict) -> torch.Tenso
     # One batched matmul per key/value head over all its query heads: [1, Hkv, G*n, D] @ [1, Hkv, D, m].
     scores = (q * scale).reshape(1, kv_heads, group * n, head_dim) @ k.transpose(-1, -2)
     scores = scores.view(1, kv_heads, group, n, m).masked_fill(~visible, float("-inf"))
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # fp32 sums, as SDPA's
+    # Softmax in at least fp32 (SDPA's accumulation), back to the value dtype for the second matmul.
+    weights = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype)
     if options["dropout_p"] > 0:
         weights = F.dropout(weights, options["dropout_p"])
     out = weights.view(1, kv_heads, group * n, m) @ v
