@@ -1,10 +1,17 @@
 """DPO throughput: preftune (`--batching fast`) against TRL 1.16 `DPOTrainer`, in one run.
 
-    .venv/bin/python bench/dpo_throughput.py --pairs 16            # both data sets, one round
-    .venv/bin/python bench/dpo_throughput.py --pairs 16 --rounds 2 --trl-defaults-pairs 8
+    .venv/bin/python bench/dpo_throughput.py --pairs 64            # both data sets, one round
+    .venv/bin/python bench/dpo_throughput.py --pairs 8 --ours fast:off:auto --trl auto --datasets hh
 
-Same model (SmolLM2-135M-Instruct, fp32, CPU, full fine-tuning), same pairs in the same order,
-batch 8 pairs, max length 512. Each run is its own subprocess (TRL peaks near 21 GB here), the
+Same model (SmolLM2-135M-Instruct, fp32 weights, CPU, full fine-tuning), same pairs in the same
+order, batch 8 pairs, max length 512.
+
+Precision, like for like: `--ours` variants are BATCHING:CHECKPOINTING:PRECISION and `--trl`
+settings PRECISION[:CHECKPOINTING], with PRECISION fp32, bf16 (autocast over fp32 weights; TRL
+`bf16=True`) or auto (what `preftune --precision auto` picks on this machine, printed; for TRL the
+same resolved precision). Each of our rows is compared with the fastest TRL row of the same
+resolved precision (TRL at its fastest setting here: on a CPU with bf16 units, its own defaults,
+`bf16:full`, have been its fastest bf16 setting), with every TRL row of that precision listed. Each run is its own subprocess (TRL peaks near 21 GB here), the
 runs alternate (ours, TRL, then TRL, ours in the next round), and each process warms up with one
 forward/backward before its timed pass. Timed: one pass over the pairs, i.e.
 - ours: from the start of the reference precompute (it counts) to the end of the last optimizer
@@ -19,8 +26,8 @@ in this run; peak RSS of the subprocess (`os.wait4`); the step-1 loss (log 2 for
 reference) and step-1 chosen log-probs (TRL's completions keep the chat template's "\\n" after
 <|im_end|>, which ours drop, so these differ by that token).
 
-A full pass over dpo_en_demo.json (300 pairs) at TRL's ~0.05 pairs/s is 100 minutes, so `--pairs`
-takes a fixed subset (the first N pairs of each set).
+A full pass over dpo_en_demo.json (300 pairs) at TRL's ~0.07 pairs/s is over an hour, so `--pairs`
+takes a fixed subset (the first N pairs of each set; 64, eight optimizer steps, by default).
 """
 
 from __future__ import annotations
@@ -168,6 +175,7 @@ def worker_ours(args) -> dict:
     dpo_module.train_dpo(config, show_progress=False)
     rows = [r for r in read_metrics(work / "run") if "loss" in r]
     return {
+        "precision": resolved(args.precision, args.device),
         "seconds": marks["end"] - marks["start"],
         "pairs": len(rows) * args.batch_size,
         "tokens": int(rows[-1]["num_tokens"]),
@@ -184,7 +192,16 @@ def _gpu_memory(args) -> dict:
     return {"peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30} if args.device == "cuda" else {}
 
 
-def worker_trl(args, defaults: bool) -> dict:
+def resolved(precision: str, device: str) -> str:
+    """fp32 or bf16: `auto` as `preftune --precision auto` resolves it on this machine."""
+    import torch
+
+    from preftune.precision import choose_precision
+
+    return choose_precision(torch.device(device), precision)[0]
+
+
+def worker_trl(args) -> dict:
     import torch
     import trl
     from datasets import Dataset
@@ -213,9 +230,9 @@ def worker_trl(args, defaults: bool) -> dict:
         for i in order
     ]
     work = tempfile.mkdtemp(prefix="bench-dpo-trl-")
-    speed = (
-        {} if defaults else {"bf16": args.precision == "bf16", "gradient_checkpointing": False}
-    )  # TRL's CPU-hostile defaults off (bf16 autocast kept with --precision bf16, as ours)
+    # bf16 autocast or not, gradient checkpointing or not: TRL's two speed settings (its defaults
+    # are bf16=True and gradient_checkpointing=True, even on CPU).
+    speed = {"bf16": args.precision == "bf16", "gradient_checkpointing": args.checkpointing != "off"}
     config = trl.DPOConfig(
         output_dir=work, per_device_train_batch_size=args.batch_size, num_train_epochs=1, learning_rate=LEARNING_RATE,
         beta=BETA, max_length=args.max_length, logging_steps=1, report_to="none", save_strategy="no", seed=SEED,
@@ -230,6 +247,7 @@ def worker_trl(args, defaults: bool) -> dict:
     seconds = time.perf_counter() - start
     logged = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     return {
+        "precision": args.precision,
         "seconds": seconds,
         "pairs": len(trainer.train_dataset),  # after TRL drops pairs whose prompt alone fills max_length
         "tokens": int(logged[-1]["num_tokens"]),
@@ -244,9 +262,10 @@ def worker_trl(args, defaults: bool) -> dict:
 def run_worker(kind: str, data: Path, args, limit: int | None = None, script: str = __file__) -> dict:
     """One measurement in a fresh subprocess; its peak RSS from the kernel's accounting (wait4).
 
-    `kind` is `trl`, `trl-defaults` or `ours:BATCHING:CHECKPOINTING[:PRECISION]` (e.g.
-    `ours:fast:off`, `ours:fast:full:bf16`; the precision defaults to --precision). A worker that
-    dies (the kernel's OOM killer, typically) comes back as {"failed": reason}.
+    `kind` is `ours:BATCHING:CHECKPOINTING[:PRECISION]` (e.g. `ours:fast:off`,
+    `ours:fast:full:auto`) or `trl[:PRECISION[:CHECKPOINTING]]` (e.g. `trl:bf16:full`); a missing
+    precision is --precision, and `trl-defaults` is `trl:bf16:full`. A worker that dies (the
+    kernel's OOM killer, typically) comes back as {"failed": reason}.
     """
     out = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".json")[1])
     data_file = data
@@ -254,6 +273,8 @@ def run_worker(kind: str, data: Path, args, limit: int | None = None, script: st
         data_file = data.with_name(f"{data.stem}-{limit}.jsonl")
         data_file.write_text("".join(data.read_text().splitlines(keepends=True)[:limit]))
     worker, batching, checkpointing, precision = variant_of(kind, getattr(args, "precision", "fp32"))
+    if worker == "trl":  # TRL takes a yes/no bf16 flag: resolve auto here, as preftune would
+        precision = resolved(precision, getattr(args, "device", "cpu"))
     command = [sys.executable, script, "--worker", worker, "--data", str(data_file), "--result", str(out),
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                "--threads", str(args.threads), "--batching", batching, "--checkpointing", checkpointing,
@@ -285,21 +306,24 @@ def run_worker(kind: str, data: Path, args, limit: int | None = None, script: st
 
 
 def variant_of(kind: str, precision: str) -> tuple[str, str, str, str]:
-    """`ours:fast:full:bf16` -> ("ours", "fast", "full", "bf16"); TRL kinds keep `precision`
-    (TRL's defaults run bf16 whatever it is: that is their default)."""
-    if kind.startswith("ours"):
-        parts = kind.split(":")
+    """(worker, batching, checkpointing, precision) of a kind: `ours:fast:full:bf16` -> ("ours",
+    "fast", "full", "bf16"); `trl:bf16:full` -> ("trl", "fast", "full", "bf16"). Missing parts:
+    batching fast, checkpointing off, precision `precision`. `trl-defaults` is TRL's defaults,
+    `trl:bf16:full`. The precision may be `auto` (see `resolved`)."""
+    if kind == "trl-defaults":
+        return "trl", "fast", "full", "bf16"
+    parts = kind.split(":")
+    if parts[0] == "ours" and len(parts) <= 4:
         return tuple(parts[:4] + ["fast", "off", precision][len(parts) - 1 :])  # type: ignore[return-value]
-    return kind, "fast", "off", "bf16" if kind == "trl-defaults" else precision
+    if parts[0] == "trl" and len(parts) <= 3:
+        return "trl", "fast", parts[2] if len(parts) > 2 else "off", parts[1] if len(parts) > 1 else precision
+    raise SystemExit(f"unknown kind {kind!r}: ours:BATCHING:CHECKPOINTING[:PRECISION] or trl[:PRECISION[:CHECKPOINTING]]")
 
 
 def worker_main(args) -> None:
     _set_threads(args.threads)
     with worker_scratch():
-        if args.worker == "ours":
-            result = worker_ours(args)
-        else:
-            result = worker_trl(args, defaults=args.worker == "trl-defaults")
+        result = worker_ours(args) if args.worker == "ours" else worker_trl(args)
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -412,13 +436,15 @@ def report(
     flops: int,
     value_label: str,
     precision: str = "fp32",
+    device: str = "cpu",
 ) -> dict:
     """Print the table and the ours/TRL ratios; return them as a dict. `peak`: one matmul rate, or
-    one per precision ({"fp32": ..., "bf16": ...}); each row's MFU uses its own precision's."""
+    one per precision ({"fp32": ..., "bf16": ...}); each row's MFU uses its own precision's. Each
+    of our rows is set against the fastest TRL row of the same (resolved) precision."""
     peaks = peak if isinstance(peak, dict) else {"fp32": peak, "bf16": peak}
     summary: dict = {"matmul_peak_gflops": peaks, "rows": [], "ratios": []}
     print(title)
-    header = (f"{'data':6} {'trainer':22} {'s/pass':>8} {'pairs/s':>8} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9} "
+    header = (f"{'data':6} {'trainer':30} {'s/pass':>8} {'pairs/s':>8} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9} "
               f"{'step-1 loss':>12} {value_label:>14}")  # fmt: skip
     print(header)
     print("-" * len(header))
@@ -427,39 +453,54 @@ def report(
         for kind in kinds:
             if (name, kind) not in runs:
                 continue
-            row_precision = variant_of(kind, precision)[3]
+            requested = variant_of(kind, precision)[3]
+            row_precision = resolved(requested, device)
             row = summarise(kind, runs[(name, kind)], peaks[row_precision], parameters, flops)
-            row |= {"data": name, "precision": row_precision}
+            row |= {"data": name, "precision": row_precision, "requested_precision": requested}
             rows[kind] = row
             summary["rows"].append(row)
-            label = _label(kind, row_precision)
+            label = _label(kind, requested, row_precision)
             if "failed" in row:
-                print(f"{name:6} {label:22} {row['failed']} (peak RSS {row['peak_rss_gb']:.2f} GB)")
+                print(f"{name:6} {label:30} {row['failed']} (peak RSS {row['peak_rss_gb']:.2f} GB)")
                 continue
-            print(f"{name:6} {label:22} {row['seconds']:8.1f} {row['pairs_per_s']:8.3f} {row['tokens_per_s']:9.1f} "
+            print(f"{name:6} {label:30} {row['seconds']:8.1f} {row['pairs_per_s']:8.3f} {row['tokens_per_s']:9.1f} "
                   f"{100 * row['mfu']:5.1f}% {row['peak_rss_gb']:7.2f}GB {row['step1_loss']:12.6f} {row['step1_logps_chosen']:14.4f}")  # fmt: skip
-        trl = rows.get("trl")
-        for kind, ours in rows.items():
-            if not kind.startswith("ours") or trl is None or "failed" in ours or "failed" in trl:
+        done = {kind: row for kind, row in rows.items() if "failed" not in row}
+        for kind, ours in done.items():
+            if not kind.startswith("ours"):
                 continue
-            ratio = {
-                "data": name,
-                "ours": kind,
-                "speedup_pairs": ours["pairs_per_s"] / trl["pairs_per_s"],
-                "memory_ratio": ours["peak_rss_gb"] / trl["peak_rss_gb"],
-                "step1_loss_diff": abs(ours["step1_loss"] - trl["step1_loss"]),
-            }
-            summary["ratios"].append(ratio)
-            print(f"{name:6} {kind} / TRL best: {ratio['speedup_pairs']:.2f}x pairs/s, {ratio['memory_ratio']:.2f}x peak RSS, "
-                  f"|step-1 loss difference| {ratio['step1_loss_diff']:.1e}")  # fmt: skip
+            same = [(k, r) for k, r in done.items() if not k.startswith("ours") and r["precision"] == ours["precision"]]
+            if not same:
+                print(f"{name:6} {kind}: no TRL row in {ours['precision']} to compare with")
+                continue
+            fastest = max(same, key=lambda item: item[1]["pairs_per_s"])[0]
+            for trl_kind, trl in sorted(same, key=lambda item: item[0] != fastest):
+                ratio = {
+                    "data": name,
+                    "ours": kind,
+                    "trl": trl_kind,
+                    "precision": ours["precision"],
+                    "trl_fastest": trl_kind == fastest,
+                    "speedup_pairs": ours["pairs_per_s"] / trl["pairs_per_s"],
+                    "memory_ratio": ours["peak_rss_gb"] / trl["peak_rss_gb"],
+                    "step1_loss_diff": abs(ours["step1_loss"] - trl["step1_loss"]),
+                }
+                summary["ratios"].append(ratio)
+                against = _label(trl_kind, trl["requested_precision"], trl["precision"])
+                print(f"{name:6} {_label(kind, ours['requested_precision'], ours['precision'])} / {against}"
+                      f"{' (TRL fastest here)' if ratio['trl_fastest'] else ''}: {ratio['speedup_pairs']:.2f}x pairs/s, "
+                      f"{ratio['memory_ratio']:.2f}x peak RSS, |step-1 loss difference| {ratio['step1_loss_diff']:.1e}")  # fmt: skip
     return summary
 
 
-def _label(kind: str, precision: str) -> str:
-    if kind.startswith("trl"):
-        return {"trl": "TRL best", "trl-defaults": "TRL defaults"}[kind] + f" {precision}"
-    _, batching, checkpointing, _ = variant_of(kind, precision)
-    return f"preftune {batching} ckpt={checkpointing} {precision}"
+def _label(kind: str, requested: str, precision: str) -> str:
+    """`preftune fast ckpt=full auto=bf16`, `TRL bf16 ckpt (its defaults)`, `TRL fp32`."""
+    worker, batching, checkpointing, _ = variant_of(kind, requested)
+    shown = f"auto={precision}" if requested == "auto" else precision
+    if worker == "trl":
+        defaults = " (its defaults)" if (precision, checkpointing) == ("bf16", "full") else ""
+        return f"TRL {shown}{' ckpt' if checkpointing != 'off' else ''}{defaults}"
+    return f"preftune {batching} ckpt={checkpointing} {shown}"
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -472,7 +513,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--pairs", type=int, default=16, help="pairs per data set (a fixed subset: the first N)"
+        "--pairs", type=int, default=64, help="pairs per data set (a fixed subset: the first N)"
     )
     parser.add_argument("--datasets", default="demo,hh")
     parser.add_argument(
@@ -491,9 +532,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--ours",
-        default="fast:off,fast:full",
+        default="fast:off:auto,fast:full:auto,fast:full:fp32",
         help="our variants, BATCHING:CHECKPOINTING[:PRECISION] each (batching fast|padded; checkpointing "
-        "off|selective|full; precision fp32|bf16, default --precision)",
+        "off|selective|full; precision auto|fp32|bf16, default --precision)",
+    )
+    parser.add_argument(
+        "--trl",
+        default="auto,auto:full,fp32",
+        help="TRL settings, PRECISION[:CHECKPOINTING] each (auto|fp32|bf16; off|full, default off); "
+        "auto:full on a CPU with bf16 units is TRL's defaults",
     )
     parser.add_argument("--pack-length", type=int, default=0)
     parser.add_argument(
@@ -512,24 +559,24 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both trainers run")
     parser.add_argument(
         "--precision",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="TRL best and ours (unless a variant names its own): fp32, or bf16 autocast over fp32 weights (TRL: bf16=True)",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="for variants and TRL settings that name none: auto (preftune's automatic choice here, "
+        "printed), fp32, or bf16 autocast over fp32 weights (TRL: bf16=True)",
     )
     add_worker_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         return worker_main(args)
 
+    print(f"precision auto on this machine: {describe_auto(args.device)}", file=sys.stderr, flush=True)
     files = write_datasets(
         Path(tempfile.mkdtemp(prefix="bench-dpo-data-")), args.datasets.split(","), args.pairs
     )
     parameters = smollm2_parameters(None if args.model == "smollm2-135m" else args.model)
-    kinds = [f"ours:{variant}" for variant in args.ours.split(",") if variant] + (
-        [] if args.no_trl else ["trl"]
-    )
+    kinds = kinds_of(args)
     precisions = sorted(
-        {variant_of(kind, args.precision)[3] for kind in kinds}
+        {resolved(variant_of(kind, args.precision)[3], args.device) for kind in kinds}
         | ({"bf16"} if args.trl_defaults_pairs else set())
     )
     peaks = {p: [matmul_peak_gflops(args.threads, device=args.device, precision=p)] for p in precisions}
@@ -546,13 +593,36 @@ def main() -> None:
     peak = {p: max(rates) for p, rates in peaks.items()}
     model = "SmolLM2-135M" if args.model == "smollm2-135m" else args.model
     title = (f"\nDPO, {model} {args.device.upper()}, batch {args.batch_size}, max length {args.max_length}, "
-             f"{args.pairs} pairs per set, {args.rounds} round(s); matmul peak (GFLOP/s, measured at start and end): "
+             f"{args.pairs} pairs per set, {args.rounds} round(s); auto = {describe_auto(args.device)}; "
+             "matmul peak (GFLOP/s, measured at start and end): "
              + "; ".join(f"{p} {peak[p]:.0f} ({', '.join(f'{r:.0f}' for r in rates)})" for p, rates in peaks.items()))  # fmt: skip
-    summary = report(title, files, kinds, runs, peak, parameters, 8, "step-1 logp_c", args.precision)
+    summary = report(title, files, kinds, runs, peak, parameters, 8, "step-1 logp_c", args.precision, args.device)
     if args.json:
         Path(args.json).write_text(
             json.dumps(summary | {"parameters": parameters, "pairs": args.pairs}, indent=2) + "\n"
         )
+
+
+def kinds_of(args) -> list[str]:
+    """The kinds to run, from --ours and --trl (none of TRL's with --no-trl)."""
+    ours = [f"ours:{variant}" for variant in args.ours.split(",") if variant]
+    trl = [] if args.no_trl else [f"trl:{setting}" for setting in args.trl.split(",") if setting]
+    for kind in ours + trl:
+        worker, batching, checkpointing, precision = variant_of(kind, args.precision)
+        if precision not in ("auto", "fp32", "bf16") or checkpointing not in ("off", "selective", "full"):
+            raise SystemExit(f"{kind}: precision must be auto, fp32 or bf16 and checkpointing off, selective or full")
+        if worker == "trl" and checkpointing == "selective":
+            raise SystemExit(f"{kind}: TRL's gradient checkpointing is off or full")
+    return ours + trl
+
+
+def describe_auto(device: str) -> str:
+    """What `--precision auto` resolves to here, and why (`preftune.precision`)."""
+    import torch
+
+    from preftune.precision import choose_precision
+
+    return "{} ({})".format(*choose_precision(torch.device(device), "auto"))
 
 
 if __name__ == "__main__":

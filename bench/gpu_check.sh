@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# The GPU check of issue 9 (scale out), on a machine with one CUDA GPU, in under 8 minutes:
-#   1. DPO throughput, preftune against TRL 1.16 (bench/dpo_throughput.py, bf16 autocast over fp32
-#      weights on both sides), for SmolLM2-135M's architecture and a ~1.07B Llama (hidden 2048,
-#      16 layers, GQA 32/8 heads, SmolLM2's 49,152-token vocabulary), both with random weights:
-#      throughput does not depend on the weights, and the GPU machine cannot download any;
-#   2. smoke runs of `preftune dpo` on the 135M model: one process, then two processes sharing the
-#      GPU under torchrun with DDP and with FSDP2 (gloo: NCCL refuses two ranks on one GPU);
+# The GPU check of issues 9 and 20, on a machine with CUDA GPUs, in under 8 minutes:
+#   1. DPO throughput, preftune against TRL 1.16 at TRL's best setting on a GPU (bench/dpo_throughput.py
+#      --ours fast:off:bf16 --trl bf16: bf16 autocast over fp32 weights on both sides, no
+#      checkpointing), for SmolLM2-135M's architecture and a ~1.07B Llama (hidden 2048, 16 layers,
+#      GQA 32/8 heads, SmolLM2's 49,152-token vocabulary), both with random weights: throughput does
+#      not depend on the weights, and the GPU machine cannot download any;
+#   2. smoke runs of `preftune dpo` on the 135M model (precision auto: bf16 on CUDA, printed): one
+#      process, then two processes under torchrun with DDP and with FSDP2, over NCCL where there are
+#      two GPUs or more (one rank per GPU), else gloo sharing the one GPU (NCCL refuses two ranks on
+#      one GPU); with one GPU, a one-process torchrun over NCCL checks that backend's setup;
+#   3. the vLLM rollout path (`--rollout-engine vllm`), where the machine has vllm installed (it
+#      cannot be carried: its wheel alone is far over the 64 MiB a device call takes);
 # and prints one table. Each step has its own time limit, all of them together $GPU_CHECK_BUDGET
-# seconds (450), and a failure becomes a row of the table. (Run order: 135M bench, smoke, 1B bench.)
+# seconds (450), and a failure becomes a row of the table. (Run order: 135M bench, smoke, NCCL,
+# vLLM, 1B bench.)
 #
 #   bench/gpu_check.sh prepare   # here, with the network: wheels and SmolLM2's tokenizer -> .gpu-check/
 #   bench/gpu_check.sh           # on the GPU machine, with .gpu-check/ carried along
+#                                # (the device tool: carry [".gpu-check"], timeout_s 600)
 #
 # The GPU machine has python3 with CUDA PyTorch, transformers and accelerate but no network: the
 # prepare step fetches what it lacks (TRL, datasets and their small dependencies, and the
@@ -108,7 +115,8 @@ for name, shape in shapes.items():
 EOF
 
 # -- 1. DPO throughput against TRL -------------------------------------------------------------------
-BENCH=(bench/dpo_throughput.py --device cuda --precision bf16 --datasets hh --batch-size 8 --max-length 512 --ours fast:off)
+BENCH=(bench/dpo_throughput.py --device cuda --precision bf16 --datasets hh --batch-size 8 --max-length 512
+       --ours fast:off:bf16 --trl bf16)
 step bench-135m 150 "$PY" "${BENCH[@]}" --model "$WORK/models/smollm2-135m-random" --pairs 256 --json "$RESULTS/bench-135m.json"
 
 # -- 2. smoke: one process, then DDP and FSDP2 with two processes on the one GPU --------------------
@@ -116,11 +124,29 @@ step smoke-data 30 "$PY" -c "from dpo_throughput import hh_style_pairs; from pre
 SMOKE=(dpo --model "$WORK/models/smollm2-135m-random" --data "$WORK/smoke.jsonl" --device cuda --batch-size 8
        --max-steps 8 --lr 1e-5 --max-length 512 --max-prompt-length 384 --save-every 4 --dist-timeout 120)
 TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc-per-node 2)
+GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+DIST_BACKEND=$([[ $GPUS -ge 2 ]] && echo nccl || echo gloo)
+echo "$DIST_BACKEND" >"$RESULTS/dist-backend.txt"
+note "$GPUS GPU(s): DDP and FSDP2 smoke runs over $DIST_BACKEND"
 step smoke-single 60 "$PY" -m preftune "${SMOKE[@]}" --out "$WORK/smoke-single"
-step smoke-ddp 75 "${TORCHRUN[@]}" -m preftune "${SMOKE[@]}" --dist-backend gloo --out "$WORK/smoke-ddp"
-step smoke-fsdp 75 "${TORCHRUN[@]}" -m preftune "${SMOKE[@]}" --dist-backend gloo --fsdp --out "$WORK/smoke-fsdp"
+step smoke-ddp 75 "${TORCHRUN[@]}" -m preftune "${SMOKE[@]}" --dist-backend "$DIST_BACKEND" --out "$WORK/smoke-ddp"
+step smoke-fsdp 75 "${TORCHRUN[@]}" -m preftune "${SMOKE[@]}" --dist-backend "$DIST_BACKEND" --fsdp --out "$WORK/smoke-fsdp"
+if [[ $DIST_BACKEND == gloo ]]; then  # one GPU: NCCL's setup and collectives with one rank
+    step smoke-nccl1 60 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m preftune "${SMOKE[@]}" \
+        --dist-backend nccl --out "$WORK/smoke-nccl1"
+fi
 
-# -- 3. DPO throughput against TRL, ~1B (last: what is left of the budget) ------------------------------
+# -- 3. the vLLM rollout path, where vllm is installed ---------------------------------------------------
+if "$PY" -c 'import vllm' >/dev/null 2>&1; then
+    # The vLLM backend's test: log-probs against the trainer's, before and after a weight push.
+    step vllm 120 env PREFTUNE_VLLM_PYTHON="$(command -v "$PY")" "$PY" -m pytest -q -m slow -p no:cacheprovider \
+        tests/rollout/test_vllm_backend.py
+else
+    note "vllm skipped: not installed on this machine"
+    echo '{"status": "not installed", "seconds": 0}' >"$RESULTS/vllm.status.json"
+fi
+
+# -- 4. DPO throughput against TRL, ~1B (last: what is left of the budget) ------------------------------
 step bench-1b 200 "$PY" "${BENCH[@]}" --model "$WORK/models/llama-1b-random" --pairs 128 --json "$RESULTS/bench-1b.json"
 
 # -- the table -----------------------------------------------------------------------------------------
@@ -162,10 +188,17 @@ for name, label in (("bench-135m", "SmolLM2-135M shape"), ("bench-1b", "Llama ~1
               f"{row['seconds']:.1f} s/pass")
     for ratio in summary["ratios"]:
         print(f"{'  preftune / TRL':34} {ratio['speedup_pairs']:7.2f}x pairs/s; |step-1 loss difference| {ratio['step1_loss_diff']:.1e}")
-    print(f"{'':34} (bf16 matmul peak measured: {summary['matmul_peak_gflops'] / 1000:.0f} TFLOP/s)")
+    peaks = summary["matmul_peak_gflops"]  # one rate per precision
+    print(f"{'':34} (matmul peak measured: " + ", ".join(f"{p} {r / 1000:.0f} TFLOP/s" for p, r in peaks.items()) + ")")
+vllm = status("vllm")
+print(f"{'vLLM rollout path':34} {('ok' if vllm['status'] == 0 else 'FAILED') if isinstance(vllm['status'], int) else 'skipped':>8} "
+      f"{'':>9} {'':>10} {'':>6} {'':>7} {'':>12} {vllm['status'] if not isinstance(vllm['status'], int) else last_error('vllm')}")
 single = {r["step"]: r["loss"] for r in metrics("smoke-single") if "loss" in r}
-for name, label in (("smoke-single", "dpo, 1 process"), ("smoke-ddp", "dpo, DDP 2 processes / 1 GPU"),
-                    ("smoke-fsdp", "dpo, FSDP2 2 processes / 1 GPU")):
+backend = (results / "dist-backend.txt").read_text().strip() if (results / "dist-backend.txt").exists() else "?"
+for name, label in (("smoke-single", "dpo, 1 process"), ("smoke-ddp", f"dpo, DDP 2 processes, {backend}"),
+                    ("smoke-fsdp", f"dpo, FSDP2 2 processes, {backend}"), ("smoke-nccl1", "dpo, torchrun 1 process, nccl")):
+    if name == "smoke-nccl1" and not (results / f"{name}.status.json").exists():
+        continue
     state, rows = status(name), [r for r in metrics(name) if "loss" in r]
     ok = state["status"] == 0 and len(rows) == 8
     gap = max((abs(r["loss"] - single[r["step"]]) for r in rows if r["step"] in single), default=float("nan"))

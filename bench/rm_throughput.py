@@ -1,10 +1,11 @@
 """Reward-model throughput: preftune `rm` (`--batching fast`) against TRL 1.16 `RewardTrainer`, in one run.
 
-    .venv/bin/python bench/rm_throughput.py --pairs 16
+    .venv/bin/python bench/rm_throughput.py --pairs 64
 
-Same model (SmolLM2-135M-Instruct trunk + a scalar head, fp32, CPU, full fine-tuning), same pairs in
-the same order, batch 8 pairs, max length 512, each run in its own subprocess, alternating, each
-warmed up with one forward/backward before its timed pass (see `dpo_throughput.py`). Timed: one
+Same model (SmolLM2-135M-Instruct trunk + a scalar head, fp32 weights, CPU, full fine-tuning), same
+pairs in the same order, batch 8 pairs, max length 512, each run in its own subprocess, alternating,
+each warmed up with one forward/backward before its timed pass (see `dpo_throughput.py`, also for
+`--ours`/`--trl` and how rows of the same precision are compared; auto = preftune's choice here). Timed: one
 pass over the pairs (ours: first batch to the end of the last optimizer step; TRL:
 `trainer.train()`).
 
@@ -87,6 +88,7 @@ def worker_ours(args) -> dict:
     reward_module.train_reward_model(config, show_progress=False)
     rows = [r for r in read_metrics(work / "run") if "loss" in r]
     return {
+        "precision": common_bench.resolved(args.precision, "cpu"),
         "seconds": marks["end"] - marks["start"],
         "pairs": len(rows) * args.batch_size,
         "tokens": int(rows[-1]["num_tokens"]),
@@ -96,7 +98,7 @@ def worker_ours(args) -> dict:
     }
 
 
-def worker_trl(args, defaults: bool) -> dict:
+def worker_trl(args) -> dict:
     import torch
     import trl
     from datasets import Dataset
@@ -125,7 +127,7 @@ def worker_trl(args, defaults: bool) -> dict:
                                    max_prompt_length=args.max_length - 1)  # fmt: skip
     tokens = [pair_tokenizer(pairs[i]) for i in order]
     rows = [{"chosen_ids": t.prompt_ids + t.chosen_ids, "rejected_ids": t.prompt_ids + t.rejected_ids} for t in tokens]
-    speed = {} if defaults else {"bf16": args.precision == "bf16", "gradient_checkpointing": False}
+    speed = {"bf16": args.precision == "bf16", "gradient_checkpointing": args.checkpointing != "off"}
     config = trl.RewardConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-rm-trl-"), per_device_train_batch_size=args.batch_size,
         num_train_epochs=1, learning_rate=LEARNING_RATE, max_length=args.max_length, logging_steps=1,
@@ -140,6 +142,7 @@ def worker_trl(args, defaults: bool) -> dict:
     seconds = time.perf_counter() - start
     logged = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     return {
+        "precision": args.precision,
         "seconds": seconds,
         "pairs": len(trainer.train_dataset),
         "tokens": int(logged[-1]["num_tokens"]),
@@ -160,34 +163,37 @@ def _warm_up_classifier(model) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--datasets", default="demo,hh")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument(
-        "--ours", default="fast:off,fast:full", help="our variants, BATCHING:CHECKPOINTING each"
+        "--ours",
+        default="fast:off:auto,fast:off:fp32",
+        help="our variants, BATCHING:CHECKPOINTING[:PRECISION] each",
+    )
+    parser.add_argument(
+        "--trl",
+        default="auto,auto:full,fp32",
+        help="TRL settings, PRECISION[:CHECKPOINTING] each (off|full); auto:full on a CPU with bf16 units is TRL's defaults",
     )
     parser.add_argument("--pack-length", type=int, default=0)
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--json")
     parser.add_argument(
         "--precision",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="TRL best and ours (unless a variant names its own, as in --ours fast:off:bf16)",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="for variants and TRL settings that name none (auto: preftune's automatic choice here)",
     )
     common_bench.add_worker_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         common_bench._set_threads(args.threads)
         with common_bench.worker_scratch():
-            result = (
-                worker_ours(args)
-                if args.worker == "ours"
-                else worker_trl(args, defaults=args.worker == "trl-defaults")
-            )
+            result = worker_ours(args) if args.worker == "ours" else worker_trl(args)
         Path(args.result).write_text(json.dumps(result))
         return
 
@@ -195,17 +201,16 @@ def main() -> None:
         Path(tempfile.mkdtemp(prefix="bench-rm-data-")), args.datasets.split(","), args.pairs
     )
     trunk_parameters = common_bench.smollm2_parameters() - 49152 * 576  # no LM head; the scalar head is ~free
-    kinds = [f"ours:{variant}" for variant in args.ours.split(",") if variant] + (
-        [] if args.no_trl else ["trl"]
-    )
-    precisions = sorted({common_bench.variant_of(kind, args.precision)[3] for kind in kinds})
+    print(f"precision auto on this machine: {common_bench.describe_auto('cpu')}", file=sys.stderr, flush=True)
+    kinds = common_bench.kinds_of(args)
+    precisions = sorted({common_bench.resolved(common_bench.variant_of(k, args.precision)[3], "cpu") for k in kinds})
     peaks = {p: [common_bench.matmul_peak_gflops(args.threads, precision=p)] for p in precisions}
     runs = common_bench.measure(files, kinds, args, script=__file__)
     for p in precisions:
         peaks[p].append(common_bench.matmul_peak_gflops(args.threads, precision=p))
     peak = {p: max(rates) for p, rates in peaks.items()}
     title = (f"\nreward model, SmolLM2-135M trunk CPU, batch {args.batch_size}, max length {args.max_length}, "
-             f"{args.pairs} pairs per set, {args.rounds} round(s); matmul peak (GFLOP/s, measured at start and end): "
+             f"{args.pairs} pairs per set, {args.rounds} round(s); auto = {common_bench.describe_auto('cpu')}; matmul peak (GFLOP/s, measured at start and end): "
              + "; ".join(f"{p} {peak[p]:.0f} ({', '.join(f'{r:.0f}' for r in rates)})" for p, rates in peaks.items()))  # fmt: skip
     # 6N FLOPs per token: forward and backward of the trunk (no reference model in reward modelling).
     summary = common_bench.report(

@@ -271,7 +271,7 @@ class TrainConfig:
     resume: bool = setting(False, help="Continue from the newest checkpoint in --out.")
     overwrite: bool = setting(False, help="Replace the run already in --out (without it, or --resume, a used --out is refused).")
     report_to: str = setting("none", help="Mirror metrics to tensorboard, wandb or none.", check=one_of("none", "tensorboard", "wandb"))
-    precision: str = setting("auto", help="auto (fp32 on CPU, bf16 autocast on CUDA), fp32 or bf16.", check=one_of("auto", "fp32", "bf16"))
+    precision: str = setting("auto", help="auto (bf16 autocast on CUDA and on CPUs with bf16 units: amx_bf16, avx512_bf16, Arm bf16; fp32 on other CPUs; the start line says which and why), fp32 or bf16.", check=one_of("auto", "fp32", "bf16"))
     device: str = setting("auto", help="auto, cpu or cuda.", check=DEVICE)
     batching: typing.Literal["fast", "padded"] = setting("fast", help="Pair layout: fast (prefix-shared, packed, LM head only on completions) or padded (the plain reference layout).")
     pack_length: int = setting(0, help="With --batching fast, tokens per packed row (0: as long as the longest pair in the batch; 1: one pair per row, no packing).", check=at_least(0))

@@ -29,9 +29,11 @@ def _blocks() -> list[_Block]:
     ]
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "matmul"])
 @pytest.mark.parametrize("pack_length", [1, 0, 4096])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_values_and_gradients_equal_sdpa_with_the_mask(pack_length, kv_heads):
+def test_values_and_gradients_equal_sdpa_with_the_mask(pack_length, kv_heads, kernel, monkeypatch):
+    monkeypatch.setattr(span_attention, "KERNEL", kernel)
     packed = pack_blocks(_blocks(), 10, pad_id=0, pack_length=pack_length)
     torch.manual_seed(0)
     for group in packed.groups:
@@ -61,6 +63,29 @@ def test_values_and_gradients_equal_sdpa_with_the_mask(pack_length, kv_heads):
         expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
         for got, want in zip(grads, expected_grads, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_matmul_kernel_under_bf16_autocast_stays_close_to_sdpa(monkeypatch):
+    """The bf16 case the matmul kernel is for: within bf16 rounding of SDPA, gradients too."""
+    packed = pack_blocks(_blocks(), 10, pad_id=0, pack_length=0)
+    group = packed.groups[0]
+    rows, width = group.input_ids.shape
+    torch.manual_seed(0)
+    inputs = [torch.randn(rows, h, width, 16, requires_grad=True) for h in (4, 2, 2)]
+    results = {}
+    for kernel in ("sdpa", "matmul"):
+        monkeypatch.setattr(span_attention, "KERNEL", kernel)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q, k, v = (x.to(torch.bfloat16) for x in inputs)
+            out, _ = span_attention.span_attention_forward(_Attention(), q, k, v, group.spans)
+        assert out.dtype == torch.bfloat16
+        results[kernel] = (out.float(), torch.autograd.grad(out.float().sum(), inputs))
+    torch.testing.assert_close(results["matmul"][0], results["sdpa"][0], rtol=0.02, atol=0.02)
+    for got, want in zip(results["matmul"][1], results["sdpa"][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+    monkeypatch.setattr(span_attention, "KERNEL", "flash")
+    with pytest.raises(ValueError, match="kernel must be sdpa or matmul"):
+        span_attention.span_attention_forward(_Attention(), *(x.detach() for x in inputs), group.spans)
 
 
 def test_spans_must_cover_the_row_without_gaps():

@@ -203,15 +203,19 @@ def test_progress_lines_without_a_terminal(tiny_tokenizer, tiny_model_factory):
     assert lines[-1].startswith("sampling: done, 10/10 sequences")
 
 
-def test_automatic_precision_follows_the_cpu(monkeypatch):
-    from preftune.rollout import choose_precision
-    from preftune.train import common
+def test_automatic_precision_follows_the_cpu(monkeypatch, tmp_path, tiny_tokenizer, tiny_model_factory):
+    """The engine takes the trainers' choice (`preftune.precision`) and says it in describe()."""
+    from preftune import precision
 
-    monkeypatch.setattr(common, "cpu_bf16_units", lambda: "avx512_bf16")
-    assert choose_precision(torch.device("cpu"), "auto") == ("bf16", "auto: this CPU has avx512_bf16")
-    monkeypatch.setattr(common, "cpu_bf16_units", lambda: "")
-    assert choose_precision(torch.device("cpu"), "auto") == ("fp32", "auto: this CPU has no bf16 units")
-    assert choose_precision(torch.device("cpu"), "bf16") == ("bf16", "as requested")
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    engine = RolloutEngine(tiny_model_factory(), tiny_tokenizer)
+    assert engine.describe() == "rollout engine=slots precision=bf16 (auto: this CPU has avx512_bf16)"
+    assert RolloutEngine(tiny_model_factory(), tiny_tokenizer, precision="fp32").precision == "fp32"
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f\n")
+    engine = RolloutEngine(tiny_model_factory(), tiny_tokenizer)
+    assert engine.describe() == "rollout engine=slots precision=fp32 (auto: this CPU has no bf16 units)"
 
 
 def test_bad_requests_are_refused(tiny_tokenizer, tiny_model_factory):

@@ -45,7 +45,7 @@ def main() -> None:
 
     settings = dict(model="tiny", prompts=prompts, reward="python:count_e", out=out, iterations=2, rollout_batch=8,
                     batch_size=4, max_new_tokens=8, lr=3e-3, scheduler="constant", seed=0, value="shared",
-                    dist_timeout=120)  # fmt: skip
+                    dist_timeout=120, precision="fp32", rollout_precision="fp32")  # fmt: skip
     train_ppo(resolve_config(PPOConfig, None, settings), reward_fn=count_e, show_progress=False)
     # How each kind of metric combines over ranks (mean; counts add up; extremes stay extremes).
     rank = distributed.rank()

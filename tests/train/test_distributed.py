@@ -32,7 +32,9 @@ STEPS = 10
 TOPICS = ["the sky", "magnets", "plants", "rain", "the moon", "bread", "trains", "bees"]
 # The single-process run and the two-process runs share these settings: batch 4 is the global
 # batch, 2 pairs per rank under torchrun.
-DPO_SETTINGS = dict(model="tiny", batch_size=4, lr=1e-3, max_steps=STEPS, seed=0, save_every=5, keep_last=3)
+# fp32 explicitly: the torchrun workers are subprocesses, which the conftest's fp32 pin cannot reach.
+DPO_SETTINGS = dict(model="tiny", batch_size=4, lr=1e-3, max_steps=STEPS, seed=0, save_every=5, keep_last=3,
+                    precision="fp32")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

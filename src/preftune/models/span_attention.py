@@ -17,6 +17,12 @@ passes the model call's extra keyword arguments down to it. `install()` register
 that name which takes the span path only when the call carries `preftune_spans`, and otherwise
 calls transformers' own SDPA function unchanged. Activation checkpointing replays the same
 arguments, so the recomputed forward takes the same path.
+
+Each span's attention runs in one of two kernels (`KERNEL`): PyTorch's fused SDPA (on CPU, its
+flash kernel), or plain matmul-softmax (scores = q k^T, softmax in fp32, @ v): the same numbers to
+rounding, and in bf16 on CPU the plain matmuls go to oneDNN's bf16 GEMMs, which an earlier profile
+found 1.5x faster than the flash kernel at 400-token spans, at the cost of keeping each span's
+[heads, n, n] attention weights for the backward pass. `bench/compile_step.py` measures both.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ SPANS_KWARG = "preftune_spans"
 # (query start, query end, prefix start, prefix end) in row columns: queries [qs, qe) see keys
 # [ps, pe) fully and keys [qs, qe) causally.
 Span = tuple[int, int, int, int]
+
+# "sdpa" or "matmul" (see the module note); read on every call.
+KERNEL = "sdpa"
 
 _installed = False
 
@@ -98,15 +107,41 @@ def span_attention_forward(
                 values = torch.cat(
                     [_columns(value_parts, cuts, ps, pe), _columns(value_parts, cuts, qs, qe)], dim=2
                 )
-                out = F.scaled_dot_product_attention(q_span, keys, values, attn_mask=visible, **options)
+                out = _attend(q_span, keys, values, visible, options)
             else:
                 keys, values = _columns(key_parts, cuts, qs, qe), _columns(value_parts, cuts, qs, qe)
-                out = F.scaled_dot_product_attention(q_span, keys, values, is_causal=True, **options)
+                out = _attend(q_span, keys, values, None, options)
             pieces.append(out.transpose(1, 2))
         if ends[-1] < width:  # padding at the row's end: nothing reads it
             pieces.append(query.new_zeros(1, width - ends[-1], heads, head_dim))
     joined = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
     return joined.reshape(rows, width, heads, head_dim), None  # no copy after `cat`
+
+
+def _attend(q, k, v, visible: torch.Tensor | None, options: dict) -> torch.Tensor:
+    """Attention of one span: q [1, H, n, D] over k/v [1, Hkv, m, D], `visible` [n, m] (None:
+    causal, m == n) -> [1, H, n, D], in the kernel `KERNEL` names."""
+    if KERNEL == "sdpa":
+        if visible is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, **options)
+    if KERNEL != "matmul":
+        raise ValueError(f"span attention kernel must be sdpa or matmul, got {KERNEL!r}")
+    _, heads, n, head_dim = q.shape
+    kv_heads, m = k.shape[1], k.shape[2]
+    group = heads // kv_heads  # query heads per key/value head, consecutive as SDPA's enable_gqa pairs them
+    scale = options["scale"] if options["scale"] is not None else head_dim**-0.5
+    if visible is None:
+        visible = torch.ones((n, m), dtype=torch.bool, device=q.device).tril_()
+    # One batched matmul per key/value head over all its query heads: [1, Hkv, G*n, D] @ [1, Hkv, D, m].
+    scores = (q * scale).reshape(1, kv_heads, group * n, head_dim) @ k.transpose(-1, -2)
+    scores = scores.view(1, kv_heads, group, n, m).masked_fill(~visible, float("-inf"))
+    # Softmax in at least fp32 (SDPA's accumulation), back to the value dtype for the second matmul.
+    weights = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype)
+    if options["dropout_p"] > 0:
+        weights = F.dropout(weights, options["dropout_p"])
+    out = weights.view(1, kv_heads, group * n, m) @ v
+    return out.view(1, heads, n, head_dim)
 
 
 def _columns(parts: tuple[torch.Tensor, ...], cuts: list[int], start: int, end: int) -> torch.Tensor:

@@ -15,7 +15,8 @@ Backends:
 - `vllm`: vLLM on CUDA (`rollout/vllm_backend.py`, extra `[gpu]`).
 
 Precision `auto` picks bf16 where the hardware runs it fast (CUDA, or a CPU with bf16 units per
-/proc/cpuinfo) and fp32 elsewhere; `describe()` says what was chosen and why.
+/proc/cpuinfo) and fp32 elsewhere, by the same rule as the trainers (`preftune/precision.py`);
+`describe()` says what was chosen and why.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..precision import PRECISIONS, choose_precision
 from . import llama_decoder
 from .progress import RolloutProgress
 from .sampling import SamplingParams, sample_next
 
 BACKENDS = ("auto", "slots", "hf", "vllm")
-PRECISIONS = ("auto", "fp32", "bf16")
 # Once no prompt waits and at most half the decoded rows still run, move them together. Below
 # this many rows a step costs too little for the copy to pay.
 COMPACT_MIN_ROWS = 8
@@ -203,18 +204,6 @@ class RolloutEngine:
                 position[slot] += 1
             record(active, tokens, token_logprobs)
         return completions, logprobs
-
-
-def choose_precision(device: torch.device, requested: str) -> tuple[str, str]:
-    """(precision, why): bf16 where the hardware runs it fast, fp32 elsewhere, or as requested."""
-    if requested != "auto":
-        return requested, "as requested"
-    if device.type == "cuda":
-        return ("bf16", "auto: CUDA") if torch.cuda.is_bf16_supported() else ("fp32", "auto: no CUDA bf16")
-    from ..train.common import cpu_bf16_units
-
-    units = cpu_bf16_units()
-    return ("bf16", f"auto: this CPU has {units}") if units else ("fp32", "auto: this CPU has no bf16 units")
 
 
 def _right_pad(prompt_ids, group: list[int], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 
 from ..config import DEVICE, ConfigError, TrainConfig, save_config
 from ..models.load import atomic_folder, cache_dir, write_pretrained
+from ..precision import autocast, choose_precision  # noqa: F401  (the loops' one import of both)
 from . import distributed
 
 # ---- device and precision ---------------------------------------------------------------------
@@ -67,51 +68,6 @@ def keep_freed_cpu_memory() -> bool:
 
 
 _allocator_tuned: bool | None = None
-
-
-def pick_precision(device: torch.device, requested: str = "auto") -> str:
-    """bf16 autocast on CUDA, fp32 on CPU: bf16 matmuls crawl on CPUs without bf16 units, and
-    where a CPU has them bf16 stays opt-in (`--precision bf16`; see `precision_label`), so results
-    on CPU do not change with the machine they run on."""
-    if requested != "auto":
-        return requested
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def precision_label(device: torch.device, requested: str, chosen: str) -> str:
-    """What the trainers print: the precision, and why when it was chosen automatically."""
-    if requested != "auto":
-        return chosen
-    if device.type != "cpu":
-        return f"{chosen} (auto)"
-    units = cpu_bf16_units()
-    if units:
-        return (
-            f"fp32 (auto; this CPU has {units}: --precision bf16 runs about 1.7x faster, see bench/README.md)"
-        )
-    return "fp32 (auto: this CPU has no bf16 units)"
-
-
-def cpu_bf16_units(cpuinfo: str | None = None) -> str:
-    """The CPU's bf16 matrix instructions (x86 `amx_bf16`/`avx512_bf16`, Arm `bf16`) as named in
-    /proc/cpuinfo, or "" where it has none or the file does not exist (not Linux)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return ""
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return ", ".join(f for f in ("amx_bf16", "avx512_bf16", "bf16") if f in flags)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def seed_everything(seed: int) -> None:

@@ -55,10 +55,10 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     ref_mode = resolve_reference_mode(config)
     device = common.pick_device(config.device)
-    precision = common.pick_precision(device, config.precision)
+    precision, precision_reason = common.choose_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"dpo: loss={config.loss} beta={config.beta} ref={ref_mode or 'none'} device={device} precision={common.precision_label(device, config.precision, precision)} batching={config.batching}", file=sys.stderr)
+    print(f"dpo: loss={config.loss} beta={config.beta} ref={ref_mode or 'none'} device={device} precision={precision} ({precision_reason}) batching={config.batching}", file=sys.stderr)
 
     # -- model, data, tokens -----------------------------------------------------------------
     policy, tokenizer = load_model_for_training(config, device)

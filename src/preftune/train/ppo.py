@@ -140,7 +140,7 @@ def train_ppo(
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     warn_if_truncated_sampling(config.top_k, config.top_p)
     device = common.pick_device(config.device)
-    precision = common.pick_precision(device, config.precision)
+    precision, precision_reason = common.choose_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
     control = (
@@ -149,7 +149,7 @@ def train_ppo(
         else f"kl_coef={config.kl_coef}"
     )
     print(f"ppo: reward={config.reward if reward_fn is None else 'python callable'} {control} estimator={config.kl_estimator} "
-          f"value={config.value} device={device} precision={common.precision_label(device, config.precision, precision)}", file=sys.stderr)  # fmt: skip
+          f"value={config.value} device={device} precision={precision} ({precision_reason})", file=sys.stderr)  # fmt: skip
     autocast = lambda: common.autocast(device, precision)  # noqa: E731
 
     # -- prompts, reward, models --------------------------------------------------------------

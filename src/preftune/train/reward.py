@@ -61,10 +61,10 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
     prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     device = common.pick_device(config.device)
-    precision = common.pick_precision(device, config.precision)
+    precision, precision_reason = common.choose_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"rm: {'lora' if config.lora else 'full'} device={device} precision={common.precision_label(device, config.precision, precision)} "
+    print(f"rm: {'lora' if config.lora else 'full'} device={device} precision={precision} ({precision_reason}) "
           f"margin={'data' if config.use_margin else 'off'} center_coef={config.center_coef} batching={config.batching}", file=sys.stderr)  # fmt: skip
 
     # -- model, data, tokens -----------------------------------------------------------------

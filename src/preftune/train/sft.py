@@ -31,10 +31,10 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
     prepare_run_folder(config)  # one run per folder: refuse a used --out, check --resume
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     device = common.pick_device(config.device)
-    precision = common.pick_precision(device, config.precision)
+    precision, precision_reason = common.choose_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"sft: device={device} precision={common.precision_label(device, config.precision, precision)}", file=sys.stderr)
+    print(f"sft: device={device} precision={precision} ({precision_reason})", file=sys.stderr)
 
     # -- model and data ------------------------------------------------------------------------
     policy, tokenizer = load_model_for_training(config, device)
