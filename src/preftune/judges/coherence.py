@@ -24,12 +24,19 @@ checks, each a guard that leaves ordinary answers at 1:
   subject's word, singular or plural, back in its own predicate).
 
 What it cannot do: it knows nothing about facts beyond what a 135M model has absorbed ("The sun
-is a planet." reads as fluent), and a fluent but wrong explanation passes. The language model is
+is a planet." reads as fluent), and a fluent but wrong explanation passes. Contradictions are
+caught only where the language model finds them improbable: of the five in the test set, two
+("Thunder is quiet and makes no sound. It is the loudest sound in the sky.") pass untouched. The
+tautology check reads only "X is/are ..." sentences, with crude plural folding. The language model is
 the same base model the demo trains, so fluency also leans toward that model's own style; that
 is why fluency saturates at FLUENCY_FULL and only penalises, rather than ranks.
 
-Cost (measured here, 2-core CPU, fp32): see `bench/README.md`; the model is loaded once per
-process and scores answers in batches sorted by length.
+Cost: the language model loads once per process (about 5 s from the cached copy) and scores
+answers in batches sorted by length, in fp32 so the gold scores do not depend on the CPU. Measured
+here (2-core CPU, 1 thread, other jobs running): the 48 answers of the test set, about 80 tokens
+each with the chat-templated prompt, in 16 s, so about 0.3 s per answer. Estimated from that, not
+timed: the full demo's 240 labelled answers plus its held-out evaluation (about 400 answers) take
+about 2 minutes more.
 """
 
 from __future__ import annotations
