@@ -162,7 +162,7 @@ def run_demo(
         pairs, ties = label_by_people(train_prompts, samples.texts, root, port=port, seed=seed)
         left_out = "ties, both bad, skipped or identical"
     else:
-        _say(f"[4/{stages}] labelling pairs with the kid-friendliness judge (readability x relevance)")
+        _say(f"[4/{stages}] labelling pairs with the kid-friendliness judge (readability x relevance x coherence)")
         pairs, ties = label_by_kid_judge(train_prompts, samples.texts)
         left_out = "near-ties"
     pairs_file = root / "pairs.jsonl"

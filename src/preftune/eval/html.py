@@ -102,6 +102,10 @@ def _judges_table(result: dict[str, Any]) -> str:
         )
     rows.append("</table><p class='note'>Ties count half. The CI is Wilson's over prompts. The length-controlled "
                 "win rate is the logistic fit's win rate at equal length (Dubois et al. 2024).</p>")  # fmt: skip
+    if any(name.removeprefix("judge:") == "kid" for name in result.get("judges", {})):
+        from ..judges.kid import JUDGE_NOTE  # what the gold judge measures, and what it cannot
+
+        rows.append(f"<p class='note' id='kid-judge-note'>{_e(JUDGE_NOTE)}</p>")
     return "\n".join(rows)
 
 

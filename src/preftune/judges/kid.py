@@ -1,6 +1,6 @@
-"""The kid-friendliness gold judge of `preftune demo`: easy to read AND on topic.
+"""The kid-friendliness gold judge of `preftune demo`: easy to read, on topic AND coherent.
 
-    kid(prompt, response) = ease(response) * relevance(prompt, response)
+    kid(prompt, response) = ease(response) * relevance(prompt, response) * coherence(prompt, response)
 
 - ease: Flesch reading ease from `textstat` (Flesch 1948; 206.835 - 1.015 words/sentence
   - 84.6 syllables/word), clipped to [0, 100] and divided by 100. Short sentences of short words
@@ -12,8 +12,19 @@
   off-topic answer -0.04, "Yes." 0.04. So an off-topic or empty answer scores 0 however easy it
   reads, and every on-topic answer gets full relevance: relevance is a guard, readability ranks.
 
+- coherence (`judges/coherence.py`): 1 for ordinary answers, lower for simple nonsense: fluency
+  under a small frozen language model (category errors like "Wind is a talking car.", word
+  salad, contradictions), repeated phrases, and things defined by themselves ("A volcano is a
+  big volcano"). Without it the judge gave such answers up to 1.00 (issue 17).
+
 Relevance alone would prefer jargon (it shares the prompt's technical words), and readability
-alone would prefer "Yes."; the product needs both, which is why they multiply.
+alone would prefer "Yes."; the product needs both, which is why they multiply. Relevance and
+coherence are guards (1 for a normal on-topic answer); readability ranks.
+
+What the judge cannot measure: whether an answer is true, or whether a child would understand it
+(Flesch ease counts syllables and sentence lengths, nothing else). A fluent, simple, on-topic
+answer that is wrong ("The sun is a big planet.") scores high. `JUDGE_NOTE` says this in one line
+for reports.
 """
 
 from __future__ import annotations
@@ -23,6 +34,11 @@ from functools import lru_cache
 
 RELEVANCE_FLOOR = 0.15  # at or below this cosine an answer counts as off topic
 RELEVANCE_FULL = 0.35  # at or above this cosine an answer counts as fully on topic
+JUDGE_NOTE = (
+    "The kid judge multiplies Flesch reading ease, on-topic relevance (sentence embeddings) and a coherence "
+    "check (fluency under a small frozen language model, repetition, circular definitions). It rewards simple, "
+    "on-topic, sensible-sounding text; it cannot tell whether an answer is true or whether a child would understand it."
+)
 
 
 def reading_ease(response: str) -> float:
@@ -64,9 +80,12 @@ def relevance(prompts: list, responses: list[str]) -> list[float]:
 
 
 def kid_scores(prompts: list, responses: list[str]) -> list[float]:
-    """Batched kid-friendliness: ease x relevance, each in [0, 1]."""
+    """Batched kid-friendliness: ease x relevance x coherence, each in [0, 1]."""
+    from .coherence import coherence_scores
+
     relevances = relevance(prompts, responses)
-    return [reading_ease(r) * rel for r, rel in zip(responses, relevances, strict=True)]
+    coherences = coherence_scores(prompts, responses)
+    return [reading_ease(r) * rel * coh for r, rel, coh in zip(responses, relevances, coherences, strict=True)]
 
 
 def kid_score(prompt, response: str) -> float:

@@ -4,7 +4,8 @@ reward model is (PPO rewards, best-of-n, labeling candidates, evaluation).
 Spellings accepted by `get_judge`:
 - `sentiment` or `judge:sentiment`: VADER compound in [-1, 1] (`judges/sentiment.py`);
 - `readability` or `judge:readability`: Flesch reading ease, higher = easier (`judges/readability.py`);
-- `kid` or `judge:kid`: the demo's gold judge, readability x on-topic relevance (`judges/kid.py`);
+- `kid` or `judge:kid`: the demo's gold judge, readability x on-topic relevance x coherence
+  (`judges/kid.py`, `judges/coherence.py`);
 - `rm:DIR`: a reward model saved by `preftune rm` (its `final/` or a checkpoint), scoring the
   prompt + response through the one tokenization path, in batches (`score_batch`).
 

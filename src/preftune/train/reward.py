@@ -202,7 +202,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
 
 
 @torch.no_grad()
-def score_pairs(
+def pair_gaps(
     model: ScalarHeadModel,
     tokenizer,
     pairs: list[PreferencePair],
@@ -211,8 +211,8 @@ def score_pairs(
     max_length: int = 1024,
     max_prompt_length: int = 512,
     source: str = "pairs",
-) -> dict[str, float]:
-    """`preftune score`: {"pairs": n, "accuracy": fraction with r_c > r_r, "mean_margin": mean r_c - r_r}."""
+) -> torch.Tensor:
+    """r_chosen - r_rejected per pair [N] (fp32, CPU), tokenized by the one path as in training."""
     if not pairs:
         raise DataError(source, 0, "no preference pairs to score")
     pair_tokenizer = PairTokenizer(tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
@@ -228,7 +228,22 @@ def score_pairs(
             gaps.append((chosen - rejected).float().cpu())
     finally:
         model.train(was_training)
-    gap = torch.cat(gaps)
+    return torch.cat(gaps)
+
+
+def score_pairs(
+    model: ScalarHeadModel,
+    tokenizer,
+    pairs: list[PreferencePair],
+    *,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    max_prompt_length: int = 512,
+    source: str = "pairs",
+) -> dict[str, float]:
+    """`preftune score`: {"pairs": n, "accuracy": fraction with r_c > r_r, "mean_margin": mean r_c - r_r}."""
+    gap = pair_gaps(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length,
+                    max_prompt_length=max_prompt_length, source=source)  # fmt: skip
     # Strict, like the training metric: a tie is not a correct ranking.
     return {
         "pairs": len(pairs),
