@@ -34,15 +34,17 @@ def load_model_for_training(config: TrainConfig, device: torch.device):
 def _report_line(report) -> str:
     dropped = ", ".join(f"{reason}: {count}" for reason, count in report.dropped.items()) or "none"
     notes = "".join(f"; {note}" for note in report.notes)
-    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} pairs kept, dropped: {dropped}{notes}"
+    kept = "examples" if "unpaired" in report.format else "pairs"
+    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} {kept} kept, dropped: {dropped}{notes}"
 
 
-def load_pair_splits(config: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Training pairs and held-out pairs (from --eval-data, or a seeded --eval-split of --data)."""
-    train, report = read_pairs(config.data, format=config.format)
+def load_pair_splits(config: TrainConfig, reader=read_pairs) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Training pairs and held-out pairs (from --eval-data, or a seeded --eval-split of --data).
+    `reader` may be another reader with read_pairs' signature (KTO's `read_unpaired`)."""
+    train, report = reader(config.data, format=config.format)
     print(_report_line(report), file=sys.stderr)
     if config.eval_data:
-        held_out, eval_report = read_pairs(config.eval_data, format=config.format)
+        held_out, eval_report = reader(config.eval_data, format=config.format)
         print(_report_line(eval_report), file=sys.stderr)
         return train, held_out
     if config.eval_split > 0:
