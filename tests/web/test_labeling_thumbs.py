@@ -152,3 +152,41 @@ def test_a_version_2_database_upgrades_to_pairwise_projects(tmp_path):
     assert upgraded.project(project_id)["kind"] == "pairwise"
     assert upgraded.project(upgraded.create_project("new", kind="thumbs"))["kind"] == "thumbs"
     upgraded.close()
+
+
+def test_generation_gives_a_thumbs_project_one_answer_per_prompt(site):
+    """Through the admin form: the job samples one answer per prompt (the tiny in-process model)."""
+    import time
+
+    admin = site.admin()
+    project_id = site.store.create_project("gen", kind="thumbs")
+    site.store.add_items(project_id, [NewItem([{"role": "user", "content": f"Why is the sky blue? ({i})"}]) for i in range(2)])
+    response = admin.post(f"/admin/projects/{project_id}/generate",
+                          data={"model": "tiny", "max_new_tokens": 8, "csrf_token": site.csrf(admin)})  # fmt: skip
+    assert response.status_code == 200 and "generation started" in response.text
+    deadline = time.monotonic() + 120
+    while site.store.jobs(project_id)[0]["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job = site.store.jobs(project_id)[0]
+    assert job["status"] == "done" and "generated 1 answer for 2 prompts" in job["message"], job
+    for item in site.store.items(project_id):
+        assert isinstance(item["response_a"], str) and item["response_b"] is None
+    assert site.store.item_counts(project_id)["ready"] == 2
+
+
+def test_cli_export_writes_unpaired_rows(sqlite_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from preftune.cli import app
+    from preftune.web.votes import record_vote
+
+    project_id = sqlite_store.create_project("cli", overlap=1)
+    sqlite_store.add_items(project_id, [NewItem([{"role": "user", "content": "Q?"}], "good", "bad")])
+    user_id, _ = sqlite_store.create_user("ann", "annotator", project_id)
+    assign_items(sqlite_store, project_id, seed=0)
+    record_vote(sqlite_store, user_id, sqlite_store.items(project_id)[0]["id"], "vote-cli-00001", "a")
+    out = tmp_path / "u.jsonl"
+    result = CliRunner().invoke(app, ["export", "--db", sqlite_store.url, "--project", "cli", "-o", str(out), "--unpaired"])
+    assert result.exit_code == 0 and "2 unpaired examples kept" in result.output, result.output
+    examples, _ = read_unpaired(out)
+    assert [(e.completion.content, e.label) for e in examples] == [("good", True), ("bad", False)]
