@@ -24,7 +24,8 @@ TOPICS = ["the sky", "magnets", "plants", "rain", "the moon", "bread", "trains",
 SETTINGS = dict(model="tiny", batch_size=8, lr=1e-3, max_steps=3, seed=0, precision="fp32", desirable_weight=1.3)
 
 
-def test_two_processes_match_one_at_step_1(tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_match_one_at_step_1(tmp_path, sharding):
     rows = [{"prompt": f"Explain {TOPICS[i % 8]} to a five year old. ({i})",
              "completion": f"A simple, friendly answer about {TOPICS[i % 8]}!" if i % 3 else "The film was boring.",
              "label": bool(i % 3)} for i in range(16)]  # fmt: skip
@@ -33,6 +34,7 @@ def test_two_processes_match_one_at_step_1(tmp_path):
     single = train_kto(resolve_config(KTOConfig, None, SETTINGS | dict(data=str(data), out=str(tmp_path / "one"))),
                        show_progress=False)  # fmt: skip
     args = [f"--{k.replace('_', '-')}={v}" for k, v in (SETTINGS | dict(data=data, out=tmp_path / "two")).items()]
+    args += ["--fsdp"] if sharding == "fsdp" else []
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "preftune", "kto", *args]
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -41,6 +43,7 @@ def test_two_processes_match_one_at_step_1(tmp_path):
     assert [r["step"] for r in two] == [1, 2, 3]
     assert one[0]["kl"] == two[0]["kl"] == 0.0
     assert two[0]["num_tokens"] == one[0]["num_tokens"]
+    tolerance = {"ddp": 1e-5, "fsdp": 1e-4}[sharding]  # FSDP reduces gradients in another order
     for name in ("loss", "logps/chosen", "logps/rejected", "rewards/margins", "grad_norm"):
-        assert two[0][name] == pytest.approx(one[0][name], rel=1e-5, abs=1e-6), name
+        assert two[0][name] == pytest.approx(one[0][name], rel=tolerance, abs=1e-6), name
     assert all(r["kl"] >= 0 and r["loss"] == r["loss"] for r in two)  # clamped, finite

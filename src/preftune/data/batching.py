@@ -267,6 +267,11 @@ def plan_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
 
 # A row joins a group only if it is at least this full at the group's width: at most 15% padding.
 GROUP_FILL = 0.85
+# Under FSDP every rank must make the same model calls (each call all-gathers the shards), but the
+# number of groups depends on the lengths in each rank's batch: a rank with two groups waits in a
+# collective the other never joins (a hang, or gloo's "collective mismatch" abort).
+# `train.distributed.wrap_model` sets this there, and every batch then goes through as one group.
+SINGLE_GROUP = False
 
 
 def plan_groups(row_lengths: list[int], fill: float = GROUP_FILL) -> list[list[int]]:
@@ -300,7 +305,7 @@ def pack_blocks(
     last_index = [0] * num_sequences
     groups = []
     base = 0  # flat index of the current group's first position
-    for members in plan_groups(row_lengths):
+    for members in plan_groups(row_lengths, fill=0.0 if SINGLE_GROUP else GROUP_FILL):
         width = row_lengths[members[0]]
         group_rows = [rows[r] for r in members]
         input_ids = torch.full((len(group_rows), width), pad_id, dtype=torch.long)
