@@ -145,3 +145,16 @@ def test_settings_that_cannot_work_are_refused(thumbs_file, tmp_path):
         config(thumbs_file, tmp_path / "c", ref="precompute")
     with pytest.raises(ConfigError, match="--format: must be one of unpaired"):
         config(thumbs_file, tmp_path / "d", format="thumbs")
+
+
+def test_accumulation_matches_one_batch_at_step_1(thumbs_file, tmp_path):
+    """At step 1 (z0 = 0) batch 8 and 2 x 4 accumulated see the same 8 examples, the same loss and
+    gradient; group metrics are means over the examples of each group, not of micro-batch means."""
+    runs = [train_kto(config(thumbs_file, tmp_path / name, max_steps=1, batch_size=size, grad_accum=accum,
+                             desirable_weight=1.3), show_progress=False)  # fmt: skip
+            for name, size, accum in (("one", 8, 1), ("two", 4, 2))]
+    (one,), (two,) = (read_metrics(run) for run in runs)
+    for name in ("loss", "logps/chosen", "logps/rejected", "grad_norm", "num_tokens"):
+        assert two[name] == pytest.approx(one[name], rel=1e-5), name
+    for name, tensor in final_weights(runs[0]).items():
+        assert torch.allclose(tensor, final_weights(runs[1])[name], atol=1e-6), name
