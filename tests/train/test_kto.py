@@ -128,6 +128,13 @@ def test_pairs_train_as_thumbs_and_eval_is_logged(tmp_path):
     out = train_kto(config(data, tmp_path / "run", eval_split=0.25, eval_every=2, max_steps=4), show_progress=False)
     evals = [r for r in read_metrics(out) if "eval/loss" in r]
     assert len(evals) == 2  # at step 2 and at the end
+    from preftune.data.unpaired import read_unpaired
+    from preftune.train.setup import load_pair_splits
+
+    settings = config(data, tmp_path / "split", eval_split=0.25)
+    train, held = load_pair_splits(settings, reader=read_unpaired, group_key=lambda e: tuple(e.prompt))
+    # Whole prompts are held out (2 of 8, both answers of each), never half a pair.
+    assert len(held) == 4 and not {tuple(e.prompt) for e in train} & {tuple(e.prompt) for e in held}
     assert {"eval/kl", "eval/rewards/chosen", "eval/rewards/rejected", "eval/rewards/margins"} <= evals[-1].keys()
     summary = json.loads((out / "summary.json").read_text())
     assert "eval/loss" in summary["metrics"] and (out / "report.html").exists()

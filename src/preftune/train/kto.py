@@ -97,7 +97,7 @@ def train_kto(config: KTOConfig, show_progress: bool | None = None) -> Path:
 
     # -- model, data, tokens -----------------------------------------------------------------
     policy, tokenizer = load_model_for_training(config, device)
-    train_examples, eval_examples = load_pair_splits(config, reader=read_unpaired)
+    train_examples, eval_examples = load_pair_splits(config, reader=read_unpaired, group_key=lambda e: tuple(e.prompt))
     if config.max_prompt_length >= config.max_length:
         raise ConfigError("--max-prompt-length", 0, f"{config.max_prompt_length} must be below --max-length {config.max_length}")
     example_tokenizer = PairTokenizer(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
