@@ -1,6 +1,6 @@
 """Every flag of every command, given a bad value, ends in one `error:` line and exit code 2.
 
-The flags of sft, dpo, rm and ppo are walked from their config dataclasses: a setting with a rule
+The flags of sft, dpo, kto, rm and ppo are walked from their config dataclasses: a setting with a rule
 (`setting(check=...)`) is fed the value its rule names as breaking it, every number is fed a word,
 every yes/no setting a word that is neither, every choice a name that is not one. A free-text
 setting has to be listed in FREE_TEXT_BAD_VALUES below, so a new one cannot go untested.
@@ -17,11 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from preftune.cli import app
-from preftune.config import DPO_LOSS_NAMES, DPOConfig, PPOConfig, RMConfig, SFTConfig, TrainConfig
+from preftune.config import DPO_LOSS_NAMES, DPOConfig, KTOConfig, PPOConfig, RMConfig, SFTConfig, TrainConfig
 from preftune.losses.dpo import DPO_LOSSES
 from preftune.losses.kl import KL_ESTIMATORS
 
-COMMANDS = {"sft": SFTConfig, "dpo": DPOConfig, "rm": RMConfig, "ppo": PPOConfig}
+COMMANDS = {"sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig, "rm": RMConfig, "ppo": PPOConfig}
 
 # Settings whose value is free text (a path, a model name): a bad value for each, by setting name.
 # {tmp} is the test's folder; {pairs} a real pairs file (a bad --data for ppo, which reads --prompts).
@@ -32,6 +32,7 @@ FREE_TEXT_BAD_VALUES = {
     "eval_data": "{tmp}/no-such-eval.jsonl",
     "prompts": "{tmp}/no-such-prompts.jsonl",
     "reward": "judge:no-such-judge",
+    "ref_model": "{tmp}/no-such-reference",
 }
 PPO_UNUSED = {"data": "{pairs}", "format": "pairs", "max_steps": "3", "epochs": "2"}
 

@@ -104,13 +104,16 @@ def _percentiles(values: list[int]) -> dict[str, float]:
 @user_errors
 def data_inspect(
     file: Path = typer.Argument(..., help="Preference data: .jsonl, .json, .parquet, .csv, a datasets folder, or a hub name."),
-    format: str = typer.Option(None, "--format", help="pairs | messages | hh | sharegpt (default: detect)."),
+    format: str = typer.Option(None, "--format", help="pairs | messages | hh | sharegpt | unpaired (default: detect)."),
     model: str = typer.Option(None, "--model", help="Also tokenize with this model's tokenizer and check the guarantees."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Count rows, kept pairs and drops by reason; with --model, token lengths and token checks."""
     from .data.formats import read_pairs
+    from .data.unpaired import holds_unpaired_rows
 
+    if format == "unpaired" or (format is None and holds_unpaired_rows(file)):
+        return _inspect_unpaired(file, model, as_json)
     pairs, report = read_pairs(file, format=format)
     summary = report.to_dict()
     if model:
@@ -132,13 +135,36 @@ def data_inspect(
     _print_inspect(summary)
 
 
+def _inspect_unpaired(file: Path, model: str | None, as_json: bool) -> None:
+    """`data inspect` of unpaired (KTO) rows: counts by label; with --model, token lengths."""
+    from .data.unpaired import read_unpaired
+
+    examples, report = read_unpaired(file, format="unpaired")
+    summary = report.to_dict() | {"desirable": sum(e.label for e in examples), "undesirable": sum(not e.label for e in examples)}
+    if model:
+        from .data.tokenize import PairTokenizer
+        from .models.load import load_tokenizer
+
+        tokenizer = PairTokenizer(load_tokenizer(model), max_length=10**9, max_prompt_length=10**9 - 1)
+        tokenized = [tokenizer.tokenize_unpaired(e) for e in examples]
+        summary["tokens"] = {"prompt": _percentiles([len(t.prompt_ids) for t in tokenized]),
+                             "completion": _percentiles([len(t.completion_ids) for t in tokenized])}  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    _print_inspect(summary)
+
+
 def _print_inspect(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{summary['path']} ({summary['format']})", show_header=False)
     table.add_row("rows read", str(summary["rows_read"]))
-    table.add_row("pairs kept", str(summary["pairs_kept"]))
+    if summary["format"] == "unpaired":
+        table.add_row("examples kept", f"{summary['pairs_kept']} ({summary['desirable']} desirable, {summary['undesirable']} undesirable)")
+    else:
+        table.add_row("pairs kept", str(summary["pairs_kept"]))
     for reason, count in summary["dropped"].items():
         table.add_row(f"dropped: {reason}", str(count))
     for note in summary.get("notes", []):
@@ -155,17 +181,21 @@ def _print_inspect(summary: dict) -> None:
 def data_convert(
     file: Path = typer.Argument(..., help="Preference data in any supported format."),
     out: Path = typer.Option(..., "-o", "--out", help="Canonical JSONL to write."),
-    format: str = typer.Option(None, "--format", help="pairs | messages | hh | sharegpt (default: detect)."),
+    format: str = typer.Option(None, "--format", help="pairs | messages | hh | sharegpt | unpaired (default: detect)."),
+    unpaired: bool = typer.Option(False, "--unpaired", help='Write unpaired rows {"prompt", "completion", "label"} (KTO\'s format): each pair as chosen -> true, rejected -> false.'),
 ) -> None:
     """Write the canonical JSONL (one PreferencePair per line); it reads back to the same pairs."""
     from .data.formats import read_pairs
     from .data.schema import write_jsonl
+    from .data.unpaired import read_unpaired
 
-    pairs, report = read_pairs(file, format=format)
-    write_jsonl(pairs, out)
+    read = read_unpaired if unpaired or format == "unpaired" else read_pairs
+    rows, report = read(file, format=format)
+    write_jsonl(rows, out)
     dropped = sum(report.dropped.values())
     notes = "".join(f"; {note}" for note in report.notes)
-    typer.echo(f"wrote {len(pairs)} pairs to {out} (read {report.rows_read} rows, dropped {dropped}{notes})")
+    kind = "unpaired examples" if read is read_unpaired else "pairs"
+    typer.echo(f"wrote {len(rows)} {kind} to {out} (read {report.rows_read} rows, dropped {dropped}{notes})")
 
 
 @app.command("generate")
@@ -306,6 +336,24 @@ def _register_training_commands() -> None:
 _register_training_commands()
 
 
+# ---- KTO: `preftune kto`, learning from thumbs up / down on single answers ------------------------
+
+
+def _run_kto(config):
+    from .train.kto import train_kto
+
+    typer.echo(f"run folder: {train_kto(config)}")
+
+
+def _register_kto_command() -> None:
+    from .config import KTOConfig
+
+    add_config_command("kto", KTOConfig, _run_kto, "Align a policy on single answers marked good or bad (thumbs; KTO), or on pairs split into such answers.")
+
+
+_register_kto_command()
+
+
 # ---- reward models: `preftune rm`, `preftune score` ---------------------------------------------
 
 
@@ -431,12 +479,15 @@ def export(
     min_votes: int = typer.Option(1, "--min-votes", min=1, help="Keep items with at least this many counted votes."),
     drop: str = typer.Option("ties,both_bad", "--drop", help="Outcomes to leave out: ties, both_bad (comma-separated)."),
     datasets_dir: Path = typer.Option(None, "--datasets-dir", help="Also write a `datasets` folder here."),
+    unpaired: bool = typer.Option(False, "--unpaired", help='Write unpaired rows {"prompt", "completion", "label"} (KTO\'s format): winner true, loser false. A thumbs project always exports them.'),
 ) -> None:
-    """Aggregate votes by majority into preference pairs; strength becomes `margin`."""
+    """Aggregate votes by majority into preference pairs (strength becomes `margin`), or a thumbs
+    project's votes into unpaired rows for `preftune kto`."""
     from .web.export import export_project
 
     try:
-        report = export_project(db, project, out, min_votes=min_votes, drop=drop, datasets_dir=datasets_dir)
+        report = export_project(db, project, out, min_votes=min_votes, drop=drop, datasets_dir=datasets_dir,
+                                unpaired=unpaired)  # fmt: skip
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
     typer.echo(report.summary())

@@ -315,6 +315,25 @@ class DPOConfig(TrainConfig):
 
 
 @dataclass
+class KTOConfig(TrainConfig):
+    """`preftune kto`: learn from thumbs up / down on single answers (Ethayarajh et al. 2024)."""
+
+    format: str | None = setting(None, help="Data format: unpaired ({prompt, completion, label}), or a pair format (pairs, messages, hh, sharegpt) split into chosen -> true, rejected -> false; default: detect.", check=one_of("unpaired", "pairs", "messages", "hh", "sharegpt"))
+    batch_size: int = setting(4, help="Examples per micro-batch; at least 2 (the KL estimate pairs each prompt with another example's answer).", check=at_least(2))
+    beta: float = setting(0.1, help="Strength of the implicit KL constraint (KTO's beta).", check=above(0))
+    desirable_weight: float = setting(1.0, help="lambda_D: weight of the desirable (thumbs-up) examples' loss.", check=above(0))
+    undesirable_weight: float = setting(1.0, help="lambda_U: weight of the undesirable (thumbs-down) examples' loss; the paper suggests lambda_D n_D / (lambda_U n_U) in [1, 4/3].", check=above(0))
+    ref: str = setting("auto", help="Reference model: copy (a frozen copy of the starting policy) or adapter (with --lora, the adapter switched off); auto: adapter with --lora, else copy. (No precompute: the KL estimate's mismatched pairs change with every shuffled batch.)", check=one_of("auto", "copy", "adapter"))
+    ref_model: str | None = setting(None, help="A different reference model (local folder, hub name or alias); default: the policy as loaded.")
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        return super().relations() + [
+            ("--ref", not (self.ref == "adapter" and not self.lora), "adapter needs --lora (the reference is the base with the adapter disabled)"),
+            ("--ref-model", not (self.ref_model and self.ref == "adapter"), "a separate reference model cannot be the policy's disabled adapter; drop --ref adapter"),
+        ]  # fmt: skip
+
+
+@dataclass
 class RMConfig(TrainConfig):
     """`preftune rm`: a Bradley-Terry reward model (causal-LM trunk + scalar head)."""
 

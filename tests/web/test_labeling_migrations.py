@@ -103,6 +103,7 @@ def test_version_1_database_gains_link_columns_and_unique_names(tmp_path):
         c.execute(text("ALTER TABLE projects DROP COLUMN show_suggestions"))
         c.execute(text("ALTER TABLE items DROP COLUMN model_a"))
         c.execute(text("ALTER TABLE items DROP COLUMN model_b"))
+        c.execute(text("ALTER TABLE projects DROP COLUMN kind"))  # version 3
         for _ in range(2):
             c.execute(
                 text("INSERT INTO users (name, role, project_id, created_at) VALUES ('ann', 'annotator', :p, 0)"),
@@ -111,7 +112,7 @@ def test_version_1_database_gains_link_columns_and_unique_names(tmp_path):
         c.execute(text("UPDATE schema_version SET version = 1"))
     store.close()
     upgraded = Store(url)
-    assert upgraded.schema_version == 2
+    assert upgraded.schema_version == migrations.SCHEMA_VERSION
     assert upgraded.project(project_id)["show_suggestions"] is False
     names = [u["name"] for u in upgraded.users(project_id)]
     assert names[0] == "ann" and names[1].startswith("ann (#") and len(set(names)) == 2

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokenize import TokenizedPair
+from .tokenize import TokenizedExample, TokenizedPair
 
 BATCHING_LAYOUTS = ("fast", "padded")
 
@@ -180,6 +180,49 @@ def collate_pairs(
     return PairBatch(collate_sequences(rows, pad_id), len(pairs), margins)
 
 
+@dataclass
+class UnpairedBatch:
+    """B unpaired (KTO) examples: `sequences` holds prompt_i + completion_i; `kl_sequences` holds
+    prompt_i + completion_j, j = `mismatched_partners(...)[i]`, for KTO's KL estimate."""
+
+    sequences: SequenceBatch | PackedSequences
+    kl_sequences: SequenceBatch | PackedSequences
+    labels: torch.Tensor  # [B] bool, True: desirable
+
+    def to(self, device) -> UnpairedBatch:
+        return UnpairedBatch(self.sequences.to(device), self.kl_sequences.to(device), self.labels.to(device))
+
+
+def mismatched_partners(prompts: list[list[int]]) -> list[int]:
+    """For each example i, whose completion goes with prompt i in KTO's KL estimate: the nearest
+    example before it (cyclically) with a different prompt, so i-1 when prompts differ, as TRL
+    pairs x_i with y_{i-1} of its batch (Ethayarajh et al. 2024, section 4). Skipping equal prompts
+    keeps a pair's own two answers (an unpaired pair, or a repeat at an epoch's edge) from posing
+    as a mismatched pair; a batch of one prompt has no mismatched pair and keeps i-1 regardless."""
+    size = len(prompts)
+    partners = []
+    for i in range(size):
+        steps = (s for s in range(1, size) if prompts[(i - s) % size] != prompts[i])
+        partners.append((i - next(steps, 1)) % size)
+    return partners
+
+
+def collate_unpaired(
+    examples: list[TokenizedExample], pad_id: int, max_length: int, layout: str = "padded", pack_length: int = 0
+) -> UnpairedBatch:
+    """B examples -> an `UnpairedBatch`. A mismatched completion longer than what `max_length`
+    leaves after its new prompt is cut at its end (TRL truncates the KL sequence the same way)."""
+    if len(examples) < 2:
+        raise ValueError(f"KTO's KL estimate needs at least 2 examples per batch, got {len(examples)}")
+    partners = mismatched_partners([e.prompt_ids for e in examples])
+    rows = [(e.prompt_ids, e.completion_ids) for e in examples]
+    kl_rows = [(e.prompt_ids, examples[j].completion_ids[: max(1, max_length - len(e.prompt_ids))])
+               for e, j in zip(examples, partners, strict=True)]  # fmt: skip
+    labels = torch.tensor([e.label for e in examples], dtype=torch.bool)
+    return UnpairedBatch(collate_sequences(rows, pad_id, layout, pack_length),
+                         collate_sequences(kl_rows, pad_id, layout, pack_length), labels)  # fmt: skip
+
+
 def _check_layout(layout: str) -> None:
     if layout not in BATCHING_LAYOUTS:
         raise ValueError(f"batching layout must be one of {', '.join(BATCHING_LAYOUTS)}, got {layout!r}")
@@ -224,6 +267,11 @@ def plan_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
 
 # A row joins a group only if it is at least this full at the group's width: at most 15% padding.
 GROUP_FILL = 0.85
+# Under FSDP every rank must make the same model calls (each call all-gathers the shards), but the
+# number of groups depends on the lengths in each rank's batch: a rank with two groups waits in a
+# collective the other never joins (a hang, or gloo's "collective mismatch" abort).
+# `train.distributed.wrap_model` sets this there, and every batch then goes through as one group.
+SINGLE_GROUP = False
 
 
 def plan_groups(row_lengths: list[int], fill: float = GROUP_FILL) -> list[list[int]]:
@@ -257,7 +305,7 @@ def pack_blocks(
     last_index = [0] * num_sequences
     groups = []
     base = 0  # flat index of the current group's first position
-    for members in plan_groups(row_lengths):
+    for members in plan_groups(row_lengths, fill=0.0 if SINGLE_GROUP else GROUP_FILL):
         width = row_lengths[members[0]]
         group_rows = [rows[r] for r in members]
         input_ids = torch.full((len(group_rows), width), pad_id, dtype=torch.long)

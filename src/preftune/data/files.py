@@ -20,7 +20,7 @@ from preftune.data.schema import DataError
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 _FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".txt")
 # CSV cells that may hold JSON-encoded message lists (the only way to store them in CSV).
-_CSV_JSON_COLUMNS = ("prompt", "chosen", "rejected", "conversations", "meta")
+_CSV_JSON_COLUMNS = ("prompt", "chosen", "rejected", "completion", "conversations", "meta")
 
 
 @dataclass
@@ -194,9 +194,11 @@ def _csv_rows(path: Path, display: str) -> list[tuple[int, Any]]:
 def _csv_record(header: list[str], values: list[str]) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for key, cell in zip(header, values, strict=False):  # missing trailing cells are absent fields
-        if cell == "" and key not in ("prompt", "chosen", "rejected"):
+        if cell == "" and key not in ("prompt", "chosen", "rejected", "completion"):
             continue  # an empty optional cell means "not given"
-        if key == "margin":
+        if key == "label" and cell.strip().lower() in ("true", "false"):
+            cell = cell.strip().lower() == "true"  # CSV has no booleans; other text fails as "must be true or false"
+        elif key == "margin":
             try:
                 cell = float(cell)
             except ValueError:

@@ -350,7 +350,11 @@ def _detect_format(loaded: RawRows) -> str:
     if first is None:
         raise DataError(loaded.display, 0, "no usable pairs: read 0 rows, dropped: {}")
     number = first[0]
-    problem = _column_type_problem(dict(loaded.rows)[number])
+    first_row = dict(loaded.rows)[number]
+    if "completion" in first_row and "label" in first_row:  # TRL's KTO rows (data/unpaired.py)
+        raise loaded.error(number, "rows are unpaired {prompt, completion, label} (KTO's format): `preftune kto` "
+                                   "reads them; this command needs pairs with chosen and rejected")  # fmt: skip
+    problem = _column_type_problem(first_row)
     if problem:  # the shape of a pair, with a column of the wrong type: name the column
         raise loaded.error(number, f"{problem}; expected one of {_EXPECTED}")
     raise loaded.error(number, f"unknown format; keys seen: {first[1]}; expected one of {_EXPECTED}")

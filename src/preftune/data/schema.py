@@ -3,6 +3,9 @@
 A pair is a conversation so far (`prompt`, a list of messages) and two candidate assistant turns,
 `chosen` and `rejected`. Canonical JSONL stores one pair per line as plain dicts; `read_jsonl` and
 `write_jsonl` are exact inverses.
+
+KTO learns from single answers instead: an `UnpairedExample` is a prompt, one assistant turn and a
+`label` (True: desirable, thumbs up). Its rows are TRL's KTO format (`data/unpaired.py`).
 """
 
 from __future__ import annotations
@@ -72,12 +75,37 @@ class PreferencePair:
         return users[-1] if users else (self.prompt[-1].content if self.prompt else "")
 
 
+@dataclass
+class UnpairedExample:
+    prompt: list[Message]
+    completion: Message
+    label: bool  # True: desirable (thumbs up); False: undesirable
+    id: str | None = None
+    source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """TRL's KTO row: text prompt and completion when the prompt is one user turn, else messages."""
+        plain = len(self.prompt) == 1 and self.prompt[0].role == "user"
+        row: dict[str, Any] = {
+            "prompt": self.prompt[0].content if plain else [m.to_dict() for m in self.prompt],
+            "completion": self.completion.content if plain else [self.completion.to_dict()],
+            "label": self.label,
+        }
+        for key in ("id", "source"):
+            if getattr(self, key) is not None:
+                row[key] = getattr(self, key)
+        if self.meta:
+            row["meta"] = self.meta
+        return row
+
+
 def user_prompt(text: str) -> list[Message]:
     return [Message("user", text)]
 
 
-def write_jsonl(pairs: list[PreferencePair], path: str | Path) -> None:
-    """Write canonical JSONL (one `PreferencePair.to_dict()` per line, UTF-8, no ASCII escaping)."""
+def write_jsonl(pairs: list[PreferencePair] | list[UnpairedExample], path: str | Path) -> None:
+    """Write canonical JSONL (one `to_dict()` per line, UTF-8, no ASCII escaping)."""
     path = Path(path)
     if path.is_dir():
         raise DataError(str(path), 0, "is a folder; give the name of the JSONL file to write")

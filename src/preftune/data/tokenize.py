@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .schema import Message, PreferencePair
+from .schema import Message, PreferencePair, UnpairedExample
 
 
 @dataclass
@@ -30,6 +30,17 @@ class TokenizedPair:
     rejected_truncated: bool = False
     prompt_truncated: bool = False
     margin: float | None = None
+    id: str | None = None
+
+
+@dataclass
+class TokenizedExample:
+    """One unpaired (KTO) example: the prompt, the answer after it, and its thumbs-up label."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]  # ends in one EOS unless cut by max_length
+    label: bool
+    completion_truncated: bool = False
     id: str | None = None
 
 
@@ -188,6 +199,11 @@ class PairTokenizer:
         response_ids, cut = self.encode_response(kept_prompt, self.render_prompt(kept_prompt), response, budget)
         self.stats.responses_truncated += int(cut)
         return prompt_ids, response_ids, cut
+
+    def tokenize_unpaired(self, example: UnpairedExample) -> TokenizedExample:
+        """An unpaired example through the same path as a pair's chosen side."""
+        prompt_ids, completion_ids, cut = self.encode_example(example.prompt, example.completion)
+        return TokenizedExample(prompt_ids, completion_ids, example.label, completion_truncated=cut, id=example.id)
 
     # -- pairs ----------------------------------------------------------------------------------
     def __call__(self, pair: PreferencePair) -> TokenizedPair:

@@ -2,7 +2,7 @@
 
 Each module has one job: `dpo` (direct preference losses), `reward` (Bradley-Terry), `ppo` (clipped
 policy and value losses), `kl` (KL estimators, penalised rewards, controllers), `advantages` (GAE
-and masked statistics). The names below are the ones trainers call.
+and masked statistics), `kto` (KTO on thumbs-up / thumbs-down answers). The names below are the ones trainers call.
 """
 
 from preftune.losses.advantages import gae, masked_mean, masked_var, masked_whiten
@@ -13,6 +13,7 @@ from preftune.losses.kl import (
     FixedKLController,
     kl_penalized_rewards,
 )
+from preftune.losses.kto import kto_kl_estimate, kto_loss
 from preftune.losses.ppo import clipped_policy_loss, clipped_value_loss
 from preftune.losses.reward import bradley_terry
 
@@ -28,6 +29,8 @@ __all__ = [
     "clipped_value_loss",
     "gae",
     "kl_penalized_rewards",
+    "kto_kl_estimate",
+    "kto_loss",
     "masked_mean",
     "masked_var",
     "masked_whiten",

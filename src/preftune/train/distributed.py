@@ -301,6 +301,9 @@ def wrap_model(model: torch.nn.Module, config, device: torch.device, precision: 
     blocks = transformer_blocks(model)
     if not blocks:
         raise ConfigError("--fsdp", 0, f"found no transformer blocks to shard in {type(model).__name__}")
+    from ..data import batching
+
+    batching.SINGLE_GROUP = True  # one model call per batch on every rank (see batching.SINGLE_GROUP)
     _skeletons[model] = _meta_copy(model)  # before sharding: the plain architecture, for saving
     mesh = init_device_mesh(device.type, (world_size(),))
     options = {

@@ -34,17 +34,32 @@ def load_model_for_training(config: TrainConfig, device: torch.device):
 def _report_line(report) -> str:
     dropped = ", ".join(f"{reason}: {count}" for reason, count in report.dropped.items()) or "none"
     notes = "".join(f"; {note}" for note in report.notes)
-    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} pairs kept, dropped: {dropped}{notes}"
+    kept = "examples" if "unpaired" in report.format else "pairs"
+    return f"{report.path}: {report.rows_read} rows read, {report.pairs_kept} {kept} kept, dropped: {dropped}{notes}"
 
 
-def load_pair_splits(config: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Training pairs and held-out pairs (from --eval-data, or a seeded --eval-split of --data)."""
-    train, report = read_pairs(config.data, format=config.format)
+def load_pair_splits(
+    config: TrainConfig, reader=read_pairs, group_key=None
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Training pairs and held-out pairs (from --eval-data, or a seeded --eval-split of --data).
+    `reader` may be another reader with read_pairs' signature (KTO's `read_unpaired`); with
+    `group_key`, --eval-split holds out that fraction of the groups (KTO: of the prompts), whole."""
+    train, report = reader(config.data, format=config.format)
     print(_report_line(report), file=sys.stderr)
     if config.eval_data:
-        held_out, eval_report = read_pairs(config.eval_data, format=config.format)
+        held_out, eval_report = reader(config.eval_data, format=config.format)
         print(_report_line(eval_report), file=sys.stderr)
         return train, held_out
+    if config.eval_split > 0 and group_key is not None:
+        # A prompt's answers all on one side: an answer held out while its twin (the other half of
+        # a pair, another thumb on the same prompt) trains would make the eval look better than it is.
+        keys = list(dict.fromkeys(group_key(x) for x in train))
+        count = int(round(config.eval_split * len(keys)))
+        if count < 1 or count >= len(keys):
+            raise DataError(config.data, 0, f"--eval-split {config.eval_split} leaves no prompts on one side of {len(keys)}")
+        order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(config.seed)).tolist()
+        held = {keys[i] for i in order[:count]}
+        return [x for x in train if group_key(x) not in held], [x for x in train if group_key(x) in held]
     if config.eval_split > 0:
         count = int(round(config.eval_split * len(train)))
         if count < 1 or count >= len(train):

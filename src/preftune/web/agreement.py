@@ -20,7 +20,7 @@ from itertools import combinations
 
 Table = Mapping[Hashable, Mapping[str, Hashable]]
 
-NOMINAL_CODES = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
+NOMINAL_CODES = {"a": 0, "b": 1, "tie": 2, "both_bad": 3, "up": 4, "down": 5}  # up / down: thumbs projects
 # Ordinal scale: "A much better" -4 ... tie 0 ... "B much better" +4; strength 1-4 is the distance.
 ORDINAL_DOMAIN = list(range(-4, 5))
 

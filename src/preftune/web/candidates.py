@@ -78,7 +78,24 @@ def read_candidates(path: str | Path) -> tuple[list[Candidates], CandidatesRepor
     return rows, report
 
 
-def _read_completions(path: Path) -> tuple[list[Candidates], CandidatesReport]:
+def read_answers(path: str | Path) -> tuple[list[Candidates], CandidatesReport]:
+    """For a thumbs project, where each answer is an item of its own: `preftune generate` output
+    (every completion, one is enough), unpaired rows {"prompt", "completion", "label"?} (a label
+    there is ignored: people give their own), or pairs (both answers)."""
+    from preftune.data.schema import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, 0, "no such file")
+    first = _first_row(path) if path.suffix in (".jsonl", ".json", "") else None
+    if first is not None and "completions" in first:
+        return _read_completions(path, minimum=1)
+    if first is not None and "completion" in first:
+        return _read_completions(path, minimum=1, key="completion")
+    return read_candidates(path)
+
+
+def _read_completions(path: Path, minimum: int = 2, key: str = "completions") -> tuple[list[Candidates], CandidatesReport]:
     from preftune.data.schema import DataError, Message, user_prompt
 
     rows, report = [], CandidatesReport(str(path))
@@ -91,8 +108,9 @@ def _read_completions(path: Path) -> tuple[list[Candidates], CandidatesReport]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(path, number, f"not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict) or "prompt" not in row or "completions" not in row:
-                raise DataError(path, number, 'expected {"prompt": ..., "completions": [...]}')
+            if not isinstance(row, dict) or "prompt" not in row or key not in row:
+                shape = '"completions": [...]' if key == "completions" else '"completion": "..."'
+                raise DataError(path, number, f'expected {{"prompt": ..., {shape}}}')
             prompt = row["prompt"]
             if isinstance(prompt, str):
                 messages = user_prompt(prompt)
@@ -102,9 +120,9 @@ def _read_completions(path: Path) -> tuple[list[Candidates], CandidatesReport]:
                 messages = [Message(str(m["role"]), str(m["content"])) for m in prompt]
             else:
                 raise DataError(path, number, "prompt must be a string or a list of {role, content} messages")
-            completions = row["completions"]
+            completions = [row[key]] if key == "completion" else row[key]
             if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
-                raise DataError(path, number, "completions must be a list of strings")
+                raise DataError(path, number, f"{key} must be {'a string' if key == 'completion' else 'a list of strings'}")
             models = row.get("models")
             if models is not None and (
                 not isinstance(models, list)
@@ -112,8 +130,8 @@ def _read_completions(path: Path) -> tuple[list[Candidates], CandidatesReport]:
                 or len(models) != len(completions)
             ):
                 raise DataError(path, number, "models must be a list of names, one per completion")
-            if len(completions) < 2:
-                report.dropped["fewer than 2 completions"] += 1
+            if len(completions) < minimum:
+                report.dropped[f"fewer than {minimum} completions"] += 1
                 continue
             if models is not None and len(set(models)) < 2:
                 report.dropped["completions all from one model"] += 1

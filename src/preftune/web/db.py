@@ -52,6 +52,9 @@ projects = Table(
     # suggestion anchors people, and the labels then measure the judge as much as the people.
     Column("show_suggestions", Boolean, nullable=False, default=False, server_default="0"),
     Column("created_at", Float, nullable=False),
+    # 'pairwise' (two answers per item, which is better) | 'thumbs' (one answer in response_a,
+    # thumbs up / down: the unpaired data KTO learns from).
+    Column("kind", String(16), nullable=False, default="pairwise", server_default="pairwise"),
 )
 
 items = Table(
@@ -134,7 +137,7 @@ votes = Table(
     Column("project_id", ForeignKey("projects.id"), nullable=False, index=True),
     Column("item_id", ForeignKey("items.id"), nullable=False, index=True),
     Column("user_id", ForeignKey("users.id"), nullable=False),
-    # In item terms: 'a' | 'b' | 'tie' | 'both_bad' | 'skip'.
+    # In item terms: 'a' | 'b' | 'tie' | 'both_bad' | 'skip'; in a thumbs project 'up' | 'down' | 'skip'.
     Column("choice", String(16), nullable=False),
     # 1 negligibly, 2 slightly, 3 clearly, 4 much better; only with 'a' or 'b'.
     Column("strength", Integer),

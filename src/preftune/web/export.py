@@ -9,6 +9,12 @@ Strength becomes `margin` through the "margin small" scale of Llama 2 (Touvron e
 section 3.2.2, Table 28): much better 1, clearly 2/3, slightly 1/3, negligibly 0. The Bradley-Terry
 loss with margin, -log sigmoid(r_chosen - r_rejected - margin), then asks for a wider reward gap
 where people were surer. The margin is the mean over the winning votes that gave a strength.
+
+Unpaired rows (TRL's KTO format, `{"prompt", "completion", "label"}`): a thumbs project's items
+export that way, the majority of thumbs up or down giving the label (an even split drops the item);
+a pairwise project's can too (`unpaired=True`): the winner becomes a desirable answer and the loser
+an undesirable one, "both bad" (when kept) two undesirable answers, and a tie, which says nothing
+about either answer alone, is dropped.
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ class ExportReport:
     dropped: Counter = field(default_factory=Counter)
     path: str | None = None
     datasets_dir: str | None = None
+    unit: str = "pairs"  # or "unpaired examples"
 
     def summary(self) -> str:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())) or "none"
         where = f" -> {self.path}" if self.path else ""
-        return f"{self.project}: {self.items} items, {self.kept} pairs kept, dropped: {reasons}{where}"
+        return f"{self.project}: {self.items} items, {self.kept} {self.unit} kept, dropped: {reasons}{where}"
 
 
 def parse_drop(text: str | None) -> tuple[str, ...]:
@@ -119,6 +126,68 @@ def aggregate(
     return pairs, dropped
 
 
+def aggregate_thumbs(
+    items: list[dict[str, Any]], votes: list[dict[str, Any]], project: str, min_votes: int = 1
+) -> tuple[list, Counter]:
+    """(unpaired examples, Counter of drop reasons) for a thumbs project: majority up or down."""
+    from preftune.data.schema import Message, UnpairedExample
+
+    by_item: dict[int, list[str]] = {}
+    for vote in votes:
+        if vote["choice"] in ("up", "down"):
+            by_item.setdefault(vote["item_id"], []).append(vote["choice"])
+    examples, dropped = [], Counter()
+    for item in items:
+        mine = by_item.get(item["id"], [])
+        reason = ("no answer yet" if item["response_a"] is None else "no votes" if not mine
+                  else f"fewer than {min_votes} votes" if len(mine) < min_votes else None)  # fmt: skip
+        up, down = mine.count("up"), mine.count("down")
+        if reason is None and up == down:
+            reason = "no majority"
+        if reason:
+            dropped[reason] += 1
+            continue
+        examples.append(UnpairedExample(
+            prompt=[Message(m["role"], m["content"]) for m in item["prompt"]],
+            completion=Message("assistant", item["response_a"]), label=up > down,
+            id=item["external_id"] or f"{project}:{item['id']}", source=f"preftune-label:{project}",
+            meta={"votes": {"up": up, "down": down}, "agreement": max(up, down) / len(mine), "item_id": item["id"],
+                  "gold": item["gold"]},
+        ))  # fmt: skip
+    return examples, dropped
+
+
+def unpaired_from_pairs(pairs: list, dropped: Counter) -> list:
+    """A pairwise project's aggregated pairs as unpaired examples (see the module docstring)."""
+    from preftune.data.schema import UnpairedExample
+    from preftune.data.unpaired import unpair
+
+    examples = []
+    for pair in pairs:
+        label = pair.meta.get("label")
+        if label == "tie":
+            dropped["tie (no thumbs for either answer)"] += 1
+        elif label == "both_bad":
+            meta = dict(pair.meta) | {"pair_id": pair.id}
+            examples += [UnpairedExample(list(pair.prompt), answer, False, source=pair.source, meta=dict(meta))
+                         for answer in (pair.chosen, pair.rejected)]  # fmt: skip
+        else:
+            examples += unpair([pair])
+    return examples
+
+
+def project_rows(store: Store, project: dict[str, Any], min_votes: int, drop: tuple[str, ...], unpaired: bool):
+    """(rows to write, drop reasons, unit): pairs, or unpaired examples for a thumbs project or on request."""
+    items, votes = store.items(project["id"]), project_votes(store, project["id"])
+    if project["kind"] == "thumbs":
+        examples, dropped = aggregate_thumbs(items, votes, project["name"], min_votes)
+        return examples, dropped, "unpaired examples"
+    pairs, dropped = aggregate(items, votes, project["name"], min_votes, drop)
+    if unpaired:
+        return unpaired_from_pairs(pairs, dropped), dropped, "unpaired examples"
+    return pairs, dropped, "pairs"
+
+
 def find_project(store: Store, name_or_id: str) -> dict[str, Any]:
     """A project by name or, failing that, by id (a project named "2024" wins over id 2024)."""
     try:
@@ -140,8 +209,10 @@ def export_project(
     min_votes: int = 1,
     drop: tuple[str, ...] | str = DROPPABLE,
     datasets_dir: str | Path | None = None,
+    unpaired: bool = False,
 ) -> ExportReport:
-    """`preftune export`: write a project's aggregated pairs as canonical JSONL (and a datasets folder)."""
+    """`preftune export`: write a project's aggregated pairs as canonical JSONL (and a datasets folder);
+    unpaired rows for a thumbs project, or for a pairwise one with `unpaired`."""
     from preftune.data.schema import write_jsonl
 
     if isinstance(drop, str):
@@ -153,19 +224,25 @@ def export_project(
         found = find_project(store, project)
         project = found["name"]
         items = store.items(found["id"])
-        pairs, dropped = aggregate(items, project_votes(store, found["id"]), project, min_votes, drop)
+        pairs, dropped, unit = project_rows(store, found, min_votes, drop, unpaired)
     except StoreError as error:
         raise ValueError(str(error)) from None
     finally:
         if not isinstance(db, Store):
             store.close()
     write_jsonl(pairs, out)
-    report = ExportReport(project, len(items), len(pairs), dropped, str(out))
+    report = ExportReport(project, len(items), len(pairs), dropped, str(out), unit=unit)
     if datasets_dir is not None:
         import datasets
 
         # Every row carries `margin` (None when unknown): from_list takes its columns from row one.
-        rows = [{**pair.to_dict(), "margin": pair.margin} for pair in pairs]
+        # Unpaired rows go in TRL's conversational form, without meta, so every row has one shape.
+        rows = [{**pair.to_dict(), "margin": pair.margin} if unit == "pairs" else _conversational(pair) for pair in pairs]
         datasets.Dataset.from_list(rows).save_to_disk(str(datasets_dir))
         report.datasets_dir = str(datasets_dir)
     return report
+
+
+def _conversational(example) -> dict[str, Any]:
+    return {"prompt": [m.to_dict() for m in example.prompt], "completion": [example.completion.to_dict()],
+            "label": example.label, "id": example.id}  # fmt: skip

@@ -63,8 +63,10 @@ def generation_work(
     temperature: float = 0.7,
     top_p: float = 0.9,
     seed: int = 0,
+    answers: int = 2,
 ) -> Callable[[Callable[[int, int], None]], str]:
-    """Work that fills every pending item of a project with two sampled candidates."""
+    """Work that fills every pending item of a project with two sampled candidates (one answer,
+    `answers=1`, for a thumbs project)."""
 
     def work(progress: Callable[[int, int], None]) -> str:
         from preftune.data.schema import Message
@@ -87,7 +89,7 @@ def generation_work(
                 model,
                 tokenizer,
                 prompts,
-                2,
+                answers,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 top_p=top_p,
@@ -97,9 +99,9 @@ def generation_work(
             # `generate_completions` returns a `Generations` record; its texts are [prompt][sample].
             texts = getattr(outputs, "texts", outputs)
             for item, completions in zip(chunk, texts, strict=True):
-                store.set_responses(item["id"], completions[0], completions[1])
+                store.set_responses(item["id"], completions[0], completions[1] if answers == 2 else None)
             progress(start + len(chunk), total)
-        return f"generated 2 candidates for {total} prompts with {model_name}"
+        return f"generated {answers} {'candidates' if answers == 2 else 'answer'} for {total} prompts with {model_name}"
 
     return work
 

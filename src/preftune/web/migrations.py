@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, insert, inspect, select, update
 
 from preftune.web import db
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v2_links_and_unique_names(connection: Connection) -> None:
@@ -50,8 +50,14 @@ def _v2_links_and_unique_names(connection: Connection) -> None:
     connection.exec_driver_sql("CREATE UNIQUE INDEX uq_user_project_name ON users (project_id, name)")
 
 
+def _v3_thumbs_projects(connection: Connection) -> None:
+    """Project kinds: every existing project is pairwise; thumbs projects (one answer per item,
+    thumbs up / down, for KTO) are new."""
+    connection.exec_driver_sql("ALTER TABLE projects ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'pairwise'")
+
+
 # version -> function that upgrades a database from version - 1 to version.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_links_and_unique_names}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_links_and_unique_names, 3: _v3_thumbs_projects}
 
 
 class SchemaError(RuntimeError):

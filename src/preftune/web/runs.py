@@ -100,7 +100,15 @@ SFT_CHARTS = (
     _over_steps("grad-norm", "Gradient norm", "grad_norm", with_eval=False),
     _over_steps("learning-rate", "Learning rate", "learning_rate", with_eval=False),
 )
-CHARTS_BY_KIND = {"dpo": DPO_CHARTS, "ppo": PPO_CHARTS, "rm": RM_CHARTS, "sft": SFT_CHARTS, "run": ()}
+KTO_CHARTS = (
+    _over_steps("loss", "Loss", "loss"),
+    _over_steps("rewards", "Implicit rewards (chosen: thumbs up, rejected: thumbs down)", "rewards/chosen", "rewards/rejected", "rewards/margins"),
+    _over_steps("kto-kl", "KL estimate (KTO's reference point z0)", "kl"),
+    _over_steps("logps", "Log-probs of the answers", "logps/chosen", "logps/rejected"),
+    _over_steps("grad-norm", "Gradient norm", "grad_norm", with_eval=False),
+    _over_steps("learning-rate", "Learning rate", "learning_rate", with_eval=False),
+)
+CHARTS_BY_KIND = {"dpo": DPO_CHARTS, "kto": KTO_CHARTS, "ppo": PPO_CHARTS, "rm": RM_CHARTS, "sft": SFT_CHARTS, "run": ()}
 # Bookkeeping columns that are not worth a chart of their own.
 NOT_CHARTED = {"step", "time", "epoch", "num_tokens", "eval/num_tokens"}
 
@@ -150,10 +158,12 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
 
 
 def run_kind(config: dict[str, Any], rows: list[Row]) -> str:
-    """dpo, ppo, rm, sft or run: from the metric names logged, else from the config's fields."""
+    """dpo, kto, ppo, rm, sft or run: from the metric names logged, else from the config's fields."""
     names = set().union(*rows[:20]) if rows else set()
     if names & {"objective/kl", "objective/scores", "eval/scores"} or "rollout_batch" in config:
         return "ppo"
+    if "desirable_weight" in config:  # before dpo: KTO logs rewards/margins too
+        return "kto"
     if "rewards/margins" in names or {"beta", "ref"} <= config.keys():
         return "dpo"
     if {"accuracy", "mean_reward"} <= names or "center_coef" in config:

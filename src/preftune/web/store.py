@@ -39,7 +39,9 @@ from preftune.web.migrations import migrate
 
 SESSION_SECONDS = 30 * 24 * 3600
 ROLES = ("admin", "annotator", "judge")
-GOLD_CHOICES = ("a", "b", "tie", "both_bad")
+# Project kinds: two answers compared, or one answer given a thumbs up or down (unpaired, for KTO).
+PROJECT_KINDS = ("pairwise", "thumbs")
+GOLD_CHOICES = {"pairwise": ("a", "b", "tie", "both_bad"), "thumbs": ("up", "down")}
 
 
 def new_token() -> str:
@@ -112,14 +114,18 @@ class Store:
 
     # -- projects ---------------------------------------------------------------------------------
 
-    def create_project(self, name: str, guideline: str = "", overlap: int = 1, gold_rate: float = 0.0) -> int:
+    def create_project(
+        self, name: str, guideline: str = "", overlap: int = 1, gold_rate: float = 0.0, kind: str = "pairwise"
+    ) -> int:
         name = name.strip()
         if not name or len(name) > 200:
             raise StoreError("a project name needs 1 to 200 characters")
+        if kind not in PROJECT_KINDS:
+            raise StoreError(f"project kind must be one of {', '.join(PROJECT_KINDS)}, not {isolate(repr(kind))}")
         check_text(name, "the project name")
         check_text(guideline, "the guideline")
         check_settings(overlap, gold_rate)
-        values = dict(name=name, guideline=guideline, overlap=overlap, gold_rate=gold_rate)
+        values = dict(name=name, guideline=guideline, overlap=overlap, gold_rate=gold_rate, kind=kind)
         try:
             with self.write() as c:
                 return c.execute(
@@ -197,7 +203,8 @@ class Store:
             raise NotFound(f"no item with id {item_id}")
         return _decode_item(found)
 
-    def set_responses(self, item_id: int, response_a: str, response_b: str) -> None:
+    def set_responses(self, item_id: int, response_a: str, response_b: str | None) -> None:
+        """The item's candidates: two answers, or (thumbs projects) one answer and None."""
         with self.write() as c:
             c.execute(
                 update(db.items)
@@ -207,8 +214,9 @@ class Store:
 
     def set_gold(self, item_id: int, gold: str | None) -> None:
         """Mark an item as gold with its known answer, or unmark it with None."""
-        if gold is not None and gold not in GOLD_CHOICES:
-            raise StoreError(f"gold answer must be one of {', '.join(GOLD_CHOICES)}, not {gold!r}")
+        allowed = GOLD_CHOICES[self.project(self.item(item_id)["project_id"])["kind"]]
+        if gold is not None and gold not in allowed:
+            raise StoreError(f"gold answer must be one of {', '.join(allowed)}, not {gold!r}")
         with self.write() as c:
             c.execute(update(db.items).where(db.items.c.id == item_id).values(gold=gold))
 

@@ -21,7 +21,9 @@ from preftune.web import db
 from preftune.web.assign import judge_assignment
 from preftune.web.store import Store, StoreError, check_text
 
-CHOICES = ("a", "b", "tie", "both_bad", "skip")
+CHOICES = ("a", "b", "tie", "both_bad", "skip", "up", "down")
+# What each project kind takes: a thumbs project's one answer is good or bad, never "a".
+CHOICES_BY_KIND = {"pairwise": ("a", "b", "tie", "both_bad", "skip"), "thumbs": ("up", "down", "skip")}
 # Index = stored strength; the words annotators see.
 STRENGTHS = (None, "negligibly", "slightly", "clearly", "much")
 MAX_RATIONALE = 5000
@@ -143,6 +145,9 @@ def record_vote(
             assignment = c.execute(select(a).where(a.c.user_id == user_id, a.c.item_id == item_id)).first()
             if assignment is None:
                 raise NotAssigned(f"item {item_id} is not assigned to you")
+            kind = c.execute(select(db.projects.c.kind).where(db.projects.c.id == assignment.project_id)).scalar()
+            if choice not in CHOICES_BY_KIND[kind]:
+                raise StoreError(f"a {kind} project takes {', '.join(CHOICES_BY_KIND[kind])}, not {choice!r}")
             if assignment.done:
                 # Under READ COMMITTED a twin of this request may have committed since the lookup
                 # above: if the stored vote is this very submission, it is a retry, not a conflict.

@@ -53,9 +53,17 @@ def create_project(
     guideline: str = Form(""),
     overlap: int = Form(1),
     gold_rate: float = Form(0.0),
+    kind: str = Form("pairwise"),
 ):
-    project_id = get_store(request).create_project(name, guideline, overlap, gold_rate)
-    return back(project_id, "project created: import prompts or candidate pairs next")
+    project_id = get_store(request).create_project(name, guideline, overlap, gold_rate, kind)
+    what = "answers to rate" if kind == "thumbs" else "candidate pairs"
+    return back(project_id, f"project created: import prompts or {what} next")
+
+
+def _pairwise_only(store, project_id: int, what: str) -> None:
+    # A judge picks the better of two answers, and active selection ranks pairs: neither fits one answer.
+    if store.project(project_id)["kind"] == "thumbs":
+        raise StoreError(f"{what} needs a pairwise project (two answers per item); this one is thumbs")
 
 
 @router.get("/projects/{project_id}")
@@ -200,6 +208,7 @@ def generate(
         temperature=temperature,
         top_p=top_p,
         seed=seed,
+        answers=1 if store.project(project_id)["kind"] == "thumbs" else 2,
     )
     jobs.start_job(store, project_id, "generate", work)
     return back(project_id, f"generation started with {model.strip()}")
@@ -208,7 +217,7 @@ def generate(
 @router.post("/projects/{project_id}/judge")
 def auto_label(request: Request, project_id: int, judge: str = Form(...)):
     store = get_store(request)
-    store.project(project_id)
+    _pairwise_only(store, project_id, "auto-labeling")
     try:
         work = jobs.judge_work(store, project_id, judge.strip())
     # JudgeError (a DataError, so a ValueError) for a bad name; ModelLoadError (a RuntimeError)
@@ -223,7 +232,7 @@ def auto_label(request: Request, project_id: int, judge: str = Form(...)):
 def prioritize(request: Request, project_id: int, reward_model: str = Form("")):
     """Active selection: reorder the queues (a job, since a reward model may have to score items)."""
     store = get_store(request)
-    store.project(project_id)
+    _pairwise_only(store, project_id, "reordering the queues")
     try:
         work = jobs.prioritize_work(store, project_id, reward_model.strip())
     except (ValueError, RuntimeError) as error:  # a bad rm: name, as for auto-labeling

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from preftune.web.export import aggregate, parse_drop
+from preftune.web.export import parse_drop, project_rows
 from preftune.web.mace import MIN_SHARED_ITEMS, competence
 from preftune.web.quality import agreement, annotator_quality, judge_agreement
 from preftune.web.render import render
@@ -43,16 +43,27 @@ def import_prompts(request: Request, project_id: int, file: UploadFile = File(..
 @router.post("/projects/{project_id}/candidates")
 def import_candidates(request: Request, project_id: int, file: UploadFile = File(...)):
     from preftune.data.schema import DataError
-    from preftune.web.candidates import read_candidates
+    from preftune.web.candidates import read_answers, read_candidates
 
     store = get_store(request)
-    store.project(project_id)
+    thumbs = store.project(project_id)["kind"] == "thumbs"
     with tempfile.TemporaryDirectory() as folder:
         try:
-            rows, report = read_candidates(saved_upload(file, folder))
+            rows, report = (read_answers if thumbs else read_candidates)(saved_upload(file, folder))
         except DataError as error:
             raise data_error(error, file) from None
     check_rows(file.filename, [[m.content for m in row.prompt] + row.responses for row in rows])
+    if thumbs:  # every answer is an item of its own, rated alone
+        answers = [
+            NewItem([m.to_dict() for m in row.prompt], response, None, file.filename,
+                    row.id if len(row.responses) == 1 or row.id is None else f"{row.id}:{i}",
+                    row.models[i] if row.models else None)  # fmt: skip
+            for row in rows
+            for i, response in enumerate(row.responses)
+        ]
+        store.add_items(project_id, answers)
+        report.path = file.filename
+        return back(project_id, f"{len(answers)} answers imported: {report.summary()}")
     new = [
         NewItem(
             [m.to_dict() for m in row.prompt], row.responses[i], row.responses[j], file.filename,
@@ -130,7 +141,8 @@ def arena_page(request: Request, project_id: int):
 
 
 @router.get("/projects/{project_id}/export.jsonl")
-def export(request: Request, project_id: int, min_votes: int = 1, drop: str = "ties,both_bad"):
+def export(request: Request, project_id: int, min_votes: int = 1, drop: str = "ties,both_bad", unpaired: bool = False):
+    """Pairs, or unpaired rows {prompt, completion, label} (a thumbs project, or `?unpaired=1`)."""
     from preftune.data.schema import write_jsonl
 
     store = get_store(request)
@@ -141,14 +153,13 @@ def export(request: Request, project_id: int, min_votes: int = 1, drop: str = "t
         dropped_labels = parse_drop(drop)
     except ValueError as error:
         raise StoreError(str(error)) from None
-    pairs, _dropped = aggregate(
-        store.items(project_id), project_votes(store, project_id), project["name"], min_votes, dropped_labels
-    )
+    pairs, _dropped, _unit = project_rows(store, project, min_votes, dropped_labels, unpaired)
     with tempfile.TemporaryDirectory() as folder:
         # The same writer as `preftune export`, so the download is byte-identical canonical JSONL.
         write_jsonl(pairs, Path(folder) / "pairs.jsonl")
         body = (Path(folder) / "pairs.jsonl").read_bytes()
-    filename = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in project["name"]) + ".jsonl"
+    filename = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in project["name"])
+    filename += "-unpaired.jsonl" if unpaired and project["kind"] == "pairwise" else ".jsonl"
     return Response(
         body,
         media_type="application/jsonl; charset=utf-8",

@@ -3,7 +3,8 @@
 An annotator reaches an item only through their own assignment (`votes.assignment_for`); anything
 else is 403, whether the item belongs to someone else or does not exist, so ids reveal nothing.
 The page names the sides "left"/"right"; the vote is translated to 'a'/'b' here, through the
-order stored with the assignment, which is also the order the page was rendered in.
+order stored with the assignment, which is also the order the page was rendered in. A thumbs
+project shows one answer and takes 'up', 'down' or 'skip' as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from preftune.web.security import get_store, require_annotator
 router = APIRouter(prefix="/annotate", dependencies=[Depends(require_annotator)])
 
 DISPLAY_CHOICES = ("left", "right", "tie", "both_bad", "skip")
+THUMBS_CHOICES = ("up", "down", "skip")
 STRENGTH_VALUES = ("", "1", "2", "3", "4")
 
 
@@ -36,6 +38,9 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
         votes.mark_shown(store, assignment["id"])
     counts = votes.queue_counts(store, session["user_id"])
     done, total = counts["done"], counts["total"]
+    project = store.project(item["project_id"])
+    if project["kind"] == "thumbs":
+        return _thumbs_page(request, session, project, item, counts)
     left_key = assignment["shown_left"]
     left, right = item[f"response_{left_key}"], item[f"response_{_other(left_key)}"]
     if wants_json(request):
@@ -52,7 +57,6 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
                 "csrf": session["csrf"],
             }
         )
-    project = store.project(item["project_id"])
     # Judges' picks in the page's terms (A is whatever is on the left for this person).
     side = {left_key: "A is better", _other(left_key): "B is better", "tie": "a tie", "both_bad": "both bad"}
     suggestions = (
@@ -76,6 +80,22 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
         can_undo=votes.last_vote(store, session["user_id"]) is not None,
         notice=request.query_params.get("notice", "")[:200],
     )
+
+
+def _thumbs_page(request: Request, session: dict[str, Any], project: dict[str, Any], item: dict[str, Any], counts: dict[str, int]):
+    """One answer, thumbs up or down (a thumbs project)."""
+    if wants_json(request):
+        return JSONResponse({
+            "item_id": item["id"], "prompt": item["prompt"], "answer": item["response_a"],
+            "vote_url": f"/annotate/items/{item['id']}/vote", "choices": list(THUMBS_CHOICES),
+            "done": counts["done"], "total": counts["total"], "csrf": session["csrf"],
+        })  # fmt: skip
+    return render(
+        request, "annotate_thumbs.html", title=project["name"], project=project, item=item, answer=item["response_a"],
+        done=counts["done"], total=counts["total"], vote_id=str(uuid.uuid4()), counts=counts,
+        can_undo=votes.last_vote(get_store(request), session["user_id"]) is not None,
+        notice=request.query_params.get("notice", "")[:200],
+    )  # fmt: skip
 
 
 @router.get("")
@@ -134,8 +154,9 @@ def vote(
     assignment = votes.assignment_for(store, session["user_id"], item_id)
     if assignment is None:
         raise HTTPException(403, "this item is not assigned to you")
-    if choice not in DISPLAY_CHOICES:
-        raise HTTPException(400, f"choice must be one of {', '.join(DISPLAY_CHOICES)}")
+    shown = THUMBS_CHOICES if store.project(assignment["project_id"])["kind"] == "thumbs" else DISPLAY_CHOICES
+    if choice not in shown:
+        raise HTTPException(400, f"choice must be one of {', '.join(shown)}")
     stored_choice = {"left": assignment["shown_left"], "right": _other(assignment["shown_left"])}.get(
         choice, choice
     )

@@ -1,6 +1,8 @@
 // Keyboard voting. 1 2 3 4 choose (A better, B better, tie, both bad); s skips at once;
 // after A or B, q w e r pick a strength and submit; Enter submits; g opens the guidelines;
 // u takes back the last vote (the server keeps it undoable for ten minutes).
+// Thumbs mode (one answer, the form's data-mode="thumbs"): 1 thumbs up and 2 thumbs down submit at
+// once, like s; undo is there for a slip.
 // Submitting posts the form: the server stores the vote under the form's vote id, so a retried
 // submission is recorded once.
 // A submitted vote is also kept in this browser until the next page shows it was stored. If the
@@ -27,8 +29,9 @@
   if (!form) { forgetPending(); return; }
 
   const hint = document.getElementById("hint");
-  const choiceKeys = { "1": "left", "2": "right", "3": "tie", "4": "both_bad" };
-  const strengthKeys = { q: "1", w: "2", e: "3", r: "4" };
+  const thumbs = form.dataset.mode === "thumbs";
+  const choiceKeys = thumbs ? { "1": "up", "2": "down" } : { "1": "left", "2": "right", "3": "tie", "4": "both_bad" };
+  const strengthKeys = thumbs ? {} : { q: "1", w: "2", e: "3", r: "4" };
   let submitting = false;
 
   function check(name, value) {
@@ -41,7 +44,7 @@
   }
   function submit() {
     if (submitting) return;
-    if (!chosen()) { hint.textContent = "Choose 1, 2, 3, 4 or s first."; return; }
+    if (!chosen()) { hint.textContent = thumbs ? "Choose 1, 2 or s first." : "Choose 1, 2, 3, 4 or s first."; return; }
     form.requestSubmit();
   }
 
@@ -86,6 +89,7 @@
       event.preventDefault();
       check("choice", choiceKeys[key]);
       hint.textContent = "";
+      if (thumbs) submit();
     } else if (key === "s") {
       event.preventDefault();
       check("choice", "skip");
