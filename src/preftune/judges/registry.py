@@ -6,7 +6,12 @@ Spellings accepted by `get_judge`:
 - `readability` or `judge:readability`: Flesch reading ease, higher = easier (`judges/readability.py`);
 - `kid` or `judge:kid`: the demo's gold judge, readability x on-topic relevance (`judges/kid.py`);
 - `rm:DIR`: a reward model saved by `preftune rm` (its `final/` or a checkpoint), scoring the
-  prompt + response through the one tokenization path, in batches (`score_batch`).
+  prompt + response through the one tokenization path, in batches (`score_batch`);
+- `exact_match`, `format` (or `judge:`-prefixed): verifiable rewards of the arithmetic task
+  (`judges/verifiable.py`, `data/arithmetic.py`);
+- `python:MODULE:FUNCTION`: the user's own `(prompt, response) -> float` (`judges/python_reward.py`);
+- several of these joined by commas, e.g. `exact_match,format`: their sum (each part kept in
+  `Judge.parts`, so a trainer can log them one by one).
 
 Lexicon judges ignore the prompt; the reward model reads it. A prompt is a string (one user
 turn) or a list of `Message`s (a whole conversation).
@@ -21,8 +26,10 @@ from typing import Any
 
 from ..data.schema import DataError
 from .kid import kid_score, kid_scores
+from .python_reward import PYTHON_PREFIX, load_python_reward
 from .readability import readability_score
 from .sentiment import sentiment_score
+from .verifiable import exact_match_score, format_score
 
 RM_PREFIX = "rm:"
 JUDGE_PREFIX = "judge:"
@@ -32,6 +39,8 @@ BUILTIN_JUDGES: dict[str, Callable[[Any, str], float]] = {
     "sentiment": sentiment_score,
     "readability": readability_score,
     "kid": kid_score,
+    "exact_match": exact_match_score,
+    "format": format_score,
 }
 # Judges that score whole lists faster than one pair at a time (the embedding model batches).
 BATCHED_JUDGES: dict[str, Callable[[list, list[str]], list[float]]] = {"kid": kid_scores}
@@ -51,13 +60,14 @@ class Judge:
     name: str
     score: Callable[[Any, str], float]
     score_many: Callable[[list, list[str]], list[float]] | None = None
+    parts: tuple[Judge, ...] = ()  # the judges a comma-joined spec sums, in order; empty otherwise
 
     def __call__(self, prompt: Any, response: str) -> float:
         return float(self.score(prompt, response))
 
 
 def known_judges() -> list[str]:
-    return [JUDGE_PREFIX + name for name in BUILTIN_JUDGES] + [RM_PREFIX + "DIR"]
+    return [JUDGE_PREFIX + name for name in BUILTIN_JUDGES] + [RM_PREFIX + "DIR", PYTHON_PREFIX + "MODULE:FUNCTION"]
 
 
 def get_judge(
@@ -72,6 +82,15 @@ def get_judge(
     to `rm:` judges only. Raises `JudgeError` (a `DataError`: one line) for unknown names, and
     `ModelLoadError` for an `rm:` folder that does not load."""
     spec = spec.strip()
+    if "," in spec and not spec.startswith(RM_PREFIX):  # a folder name may hold a comma; a sum never starts with rm:
+        parts = [p.strip() for p in spec.split(",")]
+        if any(not p for p in parts):
+            raise JudgeError(spec, "an empty name in a comma-joined list of judges")
+        judges = tuple(get_judge(p, device=device, batch_size=batch_size, max_length=max_length,
+                                 max_prompt_length=max_prompt_length) for p in parts)  # fmt: skip
+        return summed_judge(judges)
+    if spec.startswith(PYTHON_PREFIX):
+        return Judge(spec, load_python_reward(spec))  # PythonRewardError is a one-line DataError
     if spec.startswith(RM_PREFIX):
         folder = spec[len(RM_PREFIX) :]
         if not folder:
@@ -82,6 +101,21 @@ def get_judge(
     if name not in BUILTIN_JUDGES:
         raise JudgeError(spec, f"unknown judge; choose one of {', '.join(known_judges())}")
     return Judge(name, BUILTIN_JUDGES[name], BATCHED_JUDGES.get(name))
+
+
+def summed_judge(judges: tuple[Judge, ...]) -> Judge:
+    """One judge scoring the sum of `judges`; each still scores in its own batches."""
+
+    def score_many(prompts: list, responses: list[str]) -> list[float]:
+        columns = [score_batch(judge, prompts, responses) for judge in judges]
+        return [sum(row) for row in zip(*columns, strict=True)]
+
+    return Judge(
+        ",".join(j.name for j in judges),
+        lambda prompt, response: score_many([prompt], [response])[0],
+        score_many,
+        judges,
+    )
 
 
 def reward_model_judge(
