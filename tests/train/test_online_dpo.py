@@ -1,0 +1,99 @@
+"""The online-dpo loop: pairs ranked live, ties dropped, metrics under TRL's names, CLI and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from preftune.cli import app
+from preftune.config import ConfigError, OnlineDPOConfig, resolve_config
+from preftune.models.tiny import tiny_model, tiny_tokenizer
+from preftune.runlog import read_metrics, read_samples
+from preftune.train.online_dpo import pick_pairs, train_online_dpo
+
+ONLINE_DPO_METRICS = [
+    "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+    "logps/rejected", "objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",
+    "objective/scores", "objective/scores_margin", "objective/ties", "val/contain_eos_token", "beta", "grad_norm",
+]  # fmt: skip
+TOPICS = ["the sky", "magnets", "plants", "rain", "the moon", "bread", "trains", "bees"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("".join(f"Tell me about {topic}.\n" for topic in TOPICS))
+    return path
+
+
+def count_e(prompt: str, response: str) -> float:
+    return float(response.count("e")) - 0.01 * len(response)
+
+
+def config(prompts_file, out, **overrides) -> OnlineDPOConfig:
+    settings = dict(model="tiny", prompts=str(prompts_file), reward="unused", out=str(out), iterations=3,
+                    prompts_per_iteration=4, batch_size=2, max_new_tokens=8, lr=3e-3, scheduler="constant", seed=0)  # fmt: skip
+    settings.update(overrides)
+    return resolve_config(OnlineDPOConfig, None, settings)
+
+
+def test_pick_pairs_takes_the_higher_score_and_drops_ties():
+    """Prompt 0: 1.0 vs 3.0 -> row 1 chosen; prompt 1: 2.0 vs 2.0 -> dropped; prompt 2: 5.0 vs -1.0 -> row 4."""
+    chosen, rejected, kept = pick_pairs(torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, -1.0]))
+    assert chosen.tolist() == [1, 4] and rejected.tolist() == [0, 5] and kept.tolist() == [0, 2]
+
+
+def test_metrics_samples_and_outputs(prompts_file, tmp_path):
+    out = train_online_dpo(config(prompts_file, tmp_path / "run", eval_split=0.25, eval_every=2), reward_fn=count_e,
+                           show_progress=False)  # fmt: skip
+    rows = [r for r in read_metrics(out) if "objective/scores" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert [n for n in ONLINE_DPO_METRICS if row.get(n) is None] == []
+        assert row["objective/scores_margin"] > 0  # the chosen one is the better-scored one
+    # The first pairs come from the reference itself: implicit rewards 0, KL 0.
+    assert rows[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6) and rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[-1]["objective/kl"] != 0.0  # the policy moved
+    evals = [r for r in read_metrics(out) if "eval/scores" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3]
+    assert {s["step"] for s in read_samples(out)} == {0, 2, 3}
+
+
+def test_it_learns_the_synthetic_reward(prompts_file, tmp_path):
+    """Ranking by the letter e, the mean score of the last 4 iterations beats the first 4."""
+    out = train_online_dpo(config(prompts_file, tmp_path / "learn", iterations=16, prompts_per_iteration=8, batch_size=8,
+                                  lr=1e-2, beta=0.5), reward_fn=count_e, show_progress=False)  # fmt: skip
+    scores = [r["objective/scores"] for r in read_metrics(out) if "objective/scores" in r]
+    assert sum(scores[-4:]) > 1.5 * sum(scores[:4]), scores
+
+
+def test_all_ties_leave_the_weights_alone(prompts_file, tmp_path):
+    out = train_online_dpo(config(prompts_file, tmp_path / "ties", iterations=2), reward_fn=lambda p, r: 1.0,
+                           show_progress=False)  # fmt: skip
+    rows = [r for r in read_metrics(out) if "objective/ties" in r]
+    assert [r["objective/ties"] for r in rows] == [1.0, 1.0] and all("loss" not in r for r in rows)
+    start = tiny_model(tiny_tokenizer(), seed=0).state_dict()
+    for name, tensor in load_file(str(out / "final" / "model.safetensors")).items():
+        assert torch.equal(tensor, start[name]), name
+
+
+def test_bad_settings_and_the_cli(prompts_file, tmp_path):
+    with pytest.raises(ConfigError, match="--grad-accum"):
+        config(prompts_file, tmp_path / "x", grad_accum=2)
+    with pytest.raises(ConfigError, match="--loss"):
+        config(prompts_file, tmp_path / "x", loss="simpo")
+    result = CliRunner().invoke(app, ["online-dpo", "--model", "tiny", "--reward", "judge:sentiment", "--prompts",
+                                      str(prompts_file), "--out", str(tmp_path / "cli"), "--iterations", "1",
+                                      "--prompts-per-iteration", "2", "--batch-size", "2", "--max-new-tokens", "6"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len([r for r in read_metrics(tmp_path / "cli") if "objective/scores" in r]) == 1
