@@ -48,9 +48,9 @@ def config(prompts_file, out, **overrides) -> OnlineDPOConfig:
 
 
 def test_pick_pairs_takes_the_higher_score_and_drops_ties():
-    """Prompt 0: 1.0 vs 3.0 -> row 1 chosen; prompt 1: 2.0 vs 2.0 -> dropped; prompt 2: 5.0 vs -1.0 -> row 4."""
-    chosen, rejected, kept = pick_pairs(torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, -1.0]))
-    assert chosen.tolist() == [1, 4] and rejected.tolist() == [0, 5] and kept.tolist() == [0, 2]
+    """Prompt 0: 1.0 vs 3.0 -> row 1 chosen; prompt 1: 2.0 vs 2.0 -> not decided; prompt 2: 5.0 vs -1.0 -> row 4."""
+    chosen, rejected, decided = pick_pairs(torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, -1.0]))
+    assert chosen.tolist() == [1, 2, 4] and rejected.tolist() == [0, 3, 5] and decided.tolist() == [True, False, True]
 
 
 def test_metrics_samples_and_outputs(prompts_file, tmp_path):

@@ -50,14 +50,15 @@ _RANK_SEED_OFFSET = 104_729
 
 
 def pick_pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows 2i and 2i+1 answer prompt i. Returns (chosen rows, rejected rows) of the pairs whose
-    scores differ, and the kept prompts' indices; on a tie neither completion is better."""
+    """Rows 2i and 2i+1 answer prompt i. Returns, per prompt, the chosen row (the higher score),
+    the rejected row, and whether the pair counts: on a tie neither completion is better, so the
+    pair's weight is 0 (it stays in the batch so every rank runs the same micro-batches under DDP)."""
     first, second = scores[0::2], scores[1::2]
-    kept = torch.nonzero(first != second).squeeze(-1)
-    first_wins = first[kept] > second[kept]
-    chosen = torch.where(first_wins, 2 * kept, 2 * kept + 1)
-    rejected = torch.where(first_wins, 2 * kept + 1, 2 * kept)
-    return chosen, rejected, kept
+    index = torch.arange(len(first))
+    first_wins = first >= second
+    chosen = torch.where(first_wins, 2 * index, 2 * index + 1)
+    rejected = torch.where(first_wins, 2 * index + 1, 2 * index)
+    return chosen, rejected, first != second
 
 
 def train_online_dpo(config: OnlineDPOConfig, reward_fn: Callable[[str, str], float] | None = None,
@@ -177,35 +178,53 @@ def train_online_dpo(config: OnlineDPOConfig, reward_fn: Callable[[str, str], fl
                 # 2. rank: the judge picks the winner of each pair, live
                 raw_scores, _ = score_parts(rewards, rollout.prompts, rollout.texts)
                 scores = shape_scores(raw_scores, rollout.ended, config.missing_eos_penalty, 0.0, False)
-                chosen, rejected, kept = pick_pairs(scores)
+                chosen, rejected, decided = pick_pairs(scores)
+                weights = decided.to(torch.float32)
                 with torch.no_grad():
                     ref_token_logprobs = torch.where(mask, ref_logprobs_of(batch), 0.0)
                     ref_sums = ref_token_logprobs.sum(-1)
-                # 3. one step on the DPO loss over the kept pairs, micro-batch by micro-batch
+                # 3. one step on the DPO loss over the decided pairs, micro-batch by micro-batch. The
+                # denominator is the decided pairs of all ranks / world size: DDP's mean over ranks of
+                # each rank's sum over it is the mean over every decided pair (train/distributed.py).
                 update_started = time.perf_counter()
+                denominator = float(distributed.per_rank_share(weights.sum()))
                 totals: dict[str, float] = {}
                 policy_token_logprobs = torch.zeros(mask.shape, device=device)
                 lengths = mask.sum(-1)
-                for start in range(0, len(kept), config.batch_size):
+                for start in range(0, len(chosen) if denominator > 0 else 0, config.batch_size):
                     c, r = chosen[start : start + config.batch_size], rejected[start : start + config.batch_size]
+                    w = weights[start : start + config.batch_size].to(device)
                     rows = torch.cat([c, r]).to(device)
                     sums, per_token = runner(summed_logprobs, batch.rows(rows))
                     policy_token_logprobs[rows] = per_token
-                    loss_per_pair, loss_metrics = loss_fn(
+                    loss_per_pair, _ = loss_fn(
                         sums[: len(c)], sums[len(c) :], ref_sums[c], ref_sums[r], beta=config.beta,
                         chosen_lengths=lengths[c], rejected_lengths=lengths[r], **loss_options,
                     )  # fmt: skip
-                    share = len(c) / len(kept)  # micro-batch means weighted into one mean over all kept pairs
-                    loss = loss_per_pair.mean()
+                    loss = (loss_per_pair * w).sum() / denominator
                     common.check_finite(loss, iteration, out)
-                    (loss * share).backward()
-                    for name, value in (loss_metrics | {"loss": loss.detach()}).items():
-                        totals[name] = totals.get(name, 0.0) + float(value) * share
-                if len(kept):
+                    loss.backward()
+                    with torch.no_grad():  # metrics over the decided pairs only, weighted into one mean
+                        keep = w > 0
+                        if keep.any():
+                            _, pair_metrics = loss_fn(
+                                sums[: len(c)][keep], sums[len(c) :][keep], ref_sums[c][keep], ref_sums[r][keep],
+                                beta=config.beta, chosen_lengths=lengths[c][keep], rejected_lengths=lengths[r][keep],
+                                **loss_options,
+                            )  # fmt: skip
+                            share = float(keep.sum()) / float(weights.sum())
+                            for name, value in (pair_metrics | {"loss": loss_per_pair[keep].mean()}).items():
+                                totals[name] = totals.get(name, 0.0) + float(value) * share
+                if denominator > 0:  # the same decision on every rank (the denominator is global)
+                    for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                                 "logps/chosen", "logps/rejected"):  # fmt: skip
+                        totals.setdefault(name, 0.0)  # a rank whose pairs all tied reports 0: the keys must match
                     totals["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
                     common.check_finite_gradients(totals["grad_norm"], iteration, out)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                kept = torch.nonzero(decided).squeeze(-1)
+                chosen, rejected = chosen[kept], rejected[kept]
                 # The rollout's KL (k1 summed per completion) and entropy, on the completions the update read.
                 rows = torch.cat([chosen, rejected]).to(device)
                 kl = (policy_token_logprobs[rows] - ref_token_logprobs[rows]).sum(-1).mean() if len(rows) else torch.zeros(())
