@@ -66,8 +66,9 @@ class Judge:
         return float(self.score(prompt, response))
 
 
-def known_judges() -> list[str]:
-    return [JUDGE_PREFIX + name for name in BUILTIN_JUDGES] + [RM_PREFIX + "DIR", PYTHON_PREFIX + "MODULE:FUNCTION"]
+def known_judges(include_python: bool = True) -> list[str]:
+    names = [JUDGE_PREFIX + name for name in BUILTIN_JUDGES] + [RM_PREFIX + "DIR"]
+    return names + [PYTHON_PREFIX + "MODULE:FUNCTION"] if include_python else names
 
 
 def get_judge(
@@ -77,9 +78,11 @@ def get_judge(
     batch_size: int = 16,
     max_length: int = 1024,
     max_prompt_length: int = 512,
+    allow_python: bool = True,
 ) -> Judge:
     """The judge `spec` names (see the module docstring). The batching and length settings apply
-    to `rm:` judges only. Raises `JudgeError` (a `DataError`: one line) for unknown names, and
+    to `rm:` judges only. `allow_python=False` refuses `python:` specs: the web app passes it, so a
+    form field can never import and call arbitrary code on the server. Raises `JudgeError` (a `DataError`: one line) for unknown names, and
     `ModelLoadError` for an `rm:` folder that does not load."""
     spec = spec.strip()
     if "," in spec and not spec.startswith(RM_PREFIX):  # a folder name may hold a comma; a sum never starts with rm:
@@ -87,9 +90,11 @@ def get_judge(
         if any(not p for p in parts):
             raise JudgeError(spec, "an empty name in a comma-joined list of judges")
         judges = tuple(get_judge(p, device=device, batch_size=batch_size, max_length=max_length,
-                                 max_prompt_length=max_prompt_length) for p in parts)  # fmt: skip
+                                 max_prompt_length=max_prompt_length, allow_python=allow_python) for p in parts)  # fmt: skip
         return summed_judge(judges)
     if spec.startswith(PYTHON_PREFIX):
+        if not allow_python:
+            raise JudgeError(spec, "python: rewards run code and are accepted on the command line only")
         return Judge(spec, load_python_reward(spec))  # PythonRewardError is a one-line DataError
     if spec.startswith(RM_PREFIX):
         folder = spec[len(RM_PREFIX) :]
@@ -99,7 +104,7 @@ def get_judge(
                                   max_prompt_length=max_prompt_length)  # fmt: skip
     name = spec.removeprefix(JUDGE_PREFIX)
     if name not in BUILTIN_JUDGES:
-        raise JudgeError(spec, f"unknown judge; choose one of {', '.join(known_judges())}")
+        raise JudgeError(spec, f"unknown judge; choose one of {', '.join(known_judges(allow_python))}")
     return Judge(name, BUILTIN_JUDGES[name], BATCHED_JUDGES.get(name))
 
 
