@@ -69,6 +69,7 @@ def test_metrics_samples_and_outputs(prompts_file, tmp_path):
     # The first rollout is sampled by the starting policy, which is the reference: its KL is exactly 0.
     # (The loss's "kl" is not: the second minibatch of iteration 1 is read after the first one's step.)
     assert rows[0]["objective/kl"] == 0.0 and rows[0]["kl"] > 0 and rows[2]["objective/kl"] > 0
+    assert min(r["frac_reward_zero_std"] for r in rows) < 1  # a group's G samples differ (else no signal)
     assert rows[0]["policy/updates"] == 2  # 8 completions in minibatches of 4, one epoch
     evals = [r for r in read_metrics(out) if "eval/scores" in r]
     assert [r["step"] for r in evals] == [0, 2, 3]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,6 +14,8 @@ from preftune.cli import app
 from preftune.config import ConfigError, OnlineDPOConfig, resolve_config
 from preftune.models.tiny import tiny_model, tiny_tokenizer
 from preftune.runlog import read_metrics, read_samples
+from preftune.train import common
+from preftune.train import online_dpo as online_dpo_module
 from preftune.train.online_dpo import pick_pairs, train_online_dpo
 
 ONLINE_DPO_METRICS = [
@@ -97,3 +102,53 @@ def test_bad_settings_and_the_cli(prompts_file, tmp_path):
                                       "--prompts-per-iteration", "2", "--batch-size", "2", "--max-new-tokens", "6"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert len([r for r in read_metrics(tmp_path / "cli") if "objective/scores" in r]) == 1
+
+
+def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, monkeypatch):
+    settings = dict(iterations=4, eval_split=0.25, eval_every=2)
+    straight = train_online_dpo(config(prompts_file, tmp_path / "straight", **settings), reward_fn=count_e,
+                                show_progress=False)  # fmt: skip
+    real_clip = common.grad_norm_and_clip
+    calls = {"n": 0}
+
+    def clip_then_signal(model, max_norm):
+        calls["n"] += 1
+        if calls["n"] == 3:  # one step per iteration: SIGTERM arrives during iteration 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_clip(model, max_norm)
+
+    monkeypatch.setattr(common, "grad_norm_and_clip", clip_then_signal)
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit) as stopped:
+        train_online_dpo(config(prompts_file, interrupted, **settings), reward_fn=count_e, show_progress=False)
+    assert stopped.value.code == 143
+    assert [p.name for p in common.checkpoint_dirs(interrupted)] == ["step-3"]
+    monkeypatch.setattr(common, "grad_norm_and_clip", real_clip)
+    train_online_dpo(config(prompts_file, interrupted, resume=True, **settings), reward_fn=count_e, show_progress=False)
+    expected = load_file(str(straight / "final" / "model.safetensors"))
+    for name, tensor in load_file(str(interrupted / "final" / "model.safetensors")).items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
+
+    def history(out):
+        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in read_metrics(out)]
+
+    assert [r["step"] for r in history(interrupted)] == [0, 1, 2, 3, 4, 4]
+    for a, b in zip(history(straight), history(interrupted), strict=True):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a), a["step"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(prompts_file, tmp_path, monkeypatch):
+    real_loss = online_dpo_module.DPO_LOSSES["sigmoid"]
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real_loss(*args, **kwargs)
+        if loss.requires_grad:  # the training call (the metrics call runs without gradient)
+            calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 4 else loss), metrics  # from iteration 3 on (2 micro-batches each)
+
+    monkeypatch.setitem(online_dpo_module.DPO_LOSSES, "sigmoid", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(common.TrainingDiverged, match=r"step 3: loss is nan.*checkpoints/step-2"):
+        train_online_dpo(config(prompts_file, out, iterations=4, save_every=1), reward_fn=count_e, show_progress=False)
+    assert [p.name for p in common.checkpoint_dirs(out)] == ["step-1", "step-2"]
