@@ -127,7 +127,7 @@ def run_ours(model_dir, tmp_path, monkeypatch, loss):
                     iterations=STEPS, prompts_per_iteration=len(PROMPTS), num_generations=GROUP,
                     batch_size=len(PROMPTS) * GROUP, max_new_tokens=NEW_TOKENS, lr=LR, scheduler="constant",
                     loss=loss, advantage="group", kl_in="loss", kl_coef=BETA, kl_estimator="k3", clip_range=0.2,
-                    precision="fp32", seed=0)  # fmt: skip
+                    precision="fp32", device="cpu", seed=0)  # fmt: skip
     out = train_grpo(resolve_config(GRPOConfig, None, settings), reward_fn=reward, show_progress=False)
     assert len(calls) == STEPS
     return [r for r in read_metrics(out) if "reward" in r], load_file(str(out / "final" / "model.safetensors"))

@@ -187,7 +187,7 @@ def run_trainer(model_dir, tmp_path, monkeypatch, loss, advantage, kl_in, epochs
                     iterations=ITERATIONS, prompts_per_iteration=len(PROMPTS), num_generations=GROUP,
                     batch_size=len(PROMPTS) * GROUP, ppo_epochs=epochs, max_new_tokens=NEW_TOKENS, lr=LR,
                     scheduler="constant", loss=loss, advantage=advantage, kl_in=kl_in, kl_coef=KL_COEF,
-                    kl_estimator=estimator, gamma=gamma, clip_range=CLIP, seed=0)  # fmt: skip
+                    kl_estimator=estimator, gamma=gamma, clip_range=CLIP, precision="fp32", device="cpu", seed=0)  # fmt: skip
     out = train_grpo(resolve_config(GRPOConfig, None, settings), reward_fn=reward, show_progress=False)
     return out, rollouts
 
@@ -269,7 +269,7 @@ def test_online_dpo_matches_an_independent_loop_and_fails_with_chosen_and_reject
     prompts_file.write_text("\n".join(PROMPTS) + "\n")
     settings = dict(model=str(model_dir), prompts=str(prompts_file), reward="unused", out=str(tmp_path / "run"),
                     iterations=ITERATIONS, prompts_per_iteration=len(PROMPTS), batch_size=2, max_new_tokens=NEW_TOKENS,
-                    lr=LR, scheduler="constant", beta=DPO_BETA, seed=0)  # fmt: skip
+                    lr=LR, scheduler="constant", beta=DPO_BETA, precision="fp32", device="cpu", seed=0)  # fmt: skip
     out = train_online_dpo(resolve_config(OnlineDPOConfig, None, settings), reward_fn=reward, show_progress=False)
     losses, ties, oracle = online_dpo_oracle(model_dir, rollouts)
     rows = [r for r in read_metrics(out) if "loss" in r]
