@@ -88,9 +88,10 @@ def test_metrics_samples_and_outputs(prompts_file, tmp_path):
         dict(advantage="reinforce_pp", num_generations=1, prompts_per_iteration=4),
         dict(kl_in="reward", kl_estimator="k1"),
         dict(kl_coef=0.0, lora=True, lr=1e-2),
+        dict(lora=True, lr=1e-2, eval_split=0.25),  # the reference is the adapter-off policy
         dict(ppo_epochs=2, batch_size=2, grad_accum=2),
     ],
-    ids=["dr_grpo", "rloo", "reinforce_pp", "kl_in_reward", "no_kl_lora", "two_epochs_accum"],
+    ids=["dr_grpo", "rloo", "reinforce_pp", "kl_in_reward", "no_kl_lora", "lora_kl_and_eval", "two_epochs_accum"],
 )
 def test_every_variant_runs(prompts_file, tmp_path, overrides):
     out = train_grpo(config(prompts_file, tmp_path / "run", iterations=2, **overrides), reward_fn=count_e,
