@@ -1,4 +1,4 @@
-"""The playground (`/playground`): four modules that animate preference learning on six answers.
+"""The playground (`/playground`): five modules that animate preference learning on six answers.
 
 The page is static HTML plus `playground_modules.js`; every number it shows comes from the JSON endpoints
 below, which call `preftune.playground` (and through it the library's loss code). The server keeps
