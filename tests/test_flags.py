@@ -17,11 +17,23 @@ import pytest
 from typer.testing import CliRunner
 
 from preftune.cli import app
-from preftune.config import DPO_LOSS_NAMES, DPOConfig, KTOConfig, PPOConfig, RMConfig, SFTConfig, TrainConfig
+from preftune.config import (
+    DPO_LOSS_NAMES,
+    DPOConfig,
+    GRPOConfig,
+    KTOConfig,
+    OnlineDPOConfig,
+    PPOConfig,
+    RMConfig,
+    SFTConfig,
+    TrainConfig,
+)
 from preftune.losses.dpo import DPO_LOSSES
 from preftune.losses.kl import KL_ESTIMATORS
 
-COMMANDS = {"sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig, "rm": RMConfig, "ppo": PPOConfig}
+COMMANDS = {"sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig, "rm": RMConfig, "ppo": PPOConfig,
+            "grpo": GRPOConfig, "online-dpo": OnlineDPOConfig}  # fmt: skip
+PROMPT_COMMANDS = ("ppo", "grpo", "online-dpo")  # they read --prompts, not --data
 
 # Settings whose value is free text (a path, a model name): a bad value for each, by setting name.
 # {tmp} is the test's folder; {pairs} a real pairs file (a bad --data for ppo, which reads --prompts).
@@ -35,11 +47,13 @@ FREE_TEXT_BAD_VALUES = {
     "ref_model": "{tmp}/no-such-reference",
 }
 PPO_UNUSED = {"data": "{pairs}", "format": "pairs", "max_steps": "3", "epochs": "2"}
+ONLINE_DPO_UNUSED = PPO_UNUSED | {"grad_accum": "2"}
 
 
 def bad_values(command: str, field: dataclasses.Field, annotation) -> list[str]:
-    if command == "ppo" and field.name in PPO_UNUSED:
-        return [PPO_UNUSED[field.name]]
+    unused = ONLINE_DPO_UNUSED if command == "online-dpo" else PPO_UNUSED
+    if command in PROMPT_COMMANDS and field.name in unused:
+        return [unused[field.name]]
     options = [a for a in typing.get_args(annotation) if a is not type(None)]
     base = options[0] if typing.get_origin(annotation) in (typing.Union, type(int | None)) else annotation
     values = []
@@ -83,6 +97,9 @@ def test_a_bad_value_is_one_line_and_exit_2(inputs, tmp_path, command, name, val
     if command == "ppo":
         settings = {"model": "tiny", "out": str(tmp_path / "run"), "prompts": str(prompts),
                     "reward": "judge:sentiment", "iterations": "1", "rollout_batch": "2", "batch_size": "2"}  # fmt: skip
+    elif command in PROMPT_COMMANDS:
+        settings = {"model": "tiny", "out": str(tmp_path / "run"), "prompts": str(prompts), "reward": "judge:sentiment",
+                    "iterations": "1", "prompts_per_iteration": "2", "batch_size": "2"}  # fmt: skip
     else:
         settings["data"] = str(pairs)
     settings[name] = value

@@ -529,6 +529,31 @@ def _register_ppo_command() -> None:
 _register_ppo_command()
 
 
+# ---- online RL: `preftune grpo`, `preftune online-dpo` (issue 16) ---------------------------------
+
+
+def _run_grpo(config):
+    from .train.grpo import train_grpo
+
+    typer.echo(f"run folder: {train_grpo(config)}")
+
+
+def _run_online_dpo(config):
+    from .train.online_dpo import train_online_dpo
+
+    typer.echo(f"run folder: {train_online_dpo(config)}")
+
+
+def _register_online_rl_commands() -> None:
+    from .config import GRPOConfig, OnlineDPOConfig
+
+    add_config_command("grpo", GRPOConfig, _run_grpo, "Online RL with a group baseline (GRPO, Dr. GRPO, RLOO, REINFORCE++), rewarded by verifiable checks, a judge, rm:DIR or python:MODULE:FUNCTION.")
+    add_config_command("online-dpo", OnlineDPOConfig, _run_online_dpo, "Online DPO: two samples per prompt from the policy, a judge or rm:DIR picks the winner live, the DPO loss learns from it.")
+
+
+_register_online_rl_commands()
+
+
 @app.command("bon")
 @user_errors
 def bon(

@@ -416,3 +416,113 @@ class BoNConfig:
     device: str = setting("auto", help="auto, cpu or cuda.", check=DEVICE)
     rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
     rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
+
+
+@dataclass(kw_only=True)
+class GRPOConfig(TrainConfig):
+    """`preftune grpo`: online RL with a group baseline instead of a value model (GRPO, Shao et al.
+    2024; Dr. GRPO, Liu et al. 2025; RLOO, Ahmadian et al. 2024; REINFORCE++, Hu 2025).
+
+    One iteration = sample --num-generations completions for each of --prompts-per-iteration
+    prompts, score them, compute advantages, then --ppo-epochs passes over the rollout in
+    minibatches of --batch-size x --grad-accum completions. Schedules and --save-every /
+    --eval-every / --log-every count iterations. From TrainConfig, grpo does not use --data,
+    --format, --epochs, --max-steps or --max-length; --eval-data is a held-out prompts source.
+    """
+
+    data: str | None = setting(None, help="Unused by grpo: prompts come from --prompts.")
+    eval_split: float = setting(0.0, help="Fraction of --prompts held out for evaluation when --eval-data is not given.", check=fraction(below_one=True))
+    prompts: str = setting(help='Prompts: JSONL of {"prompt": str | [messages]}, .txt with one prompt per line, or a built-in task: task:arithmetic[:train|test[:COUNT]].')
+    reward: str = setting(help="What scores completions: exact_match, format (the arithmetic task), judge:NAME, rm:DIR, python:MODULE:FUNCTION, or several joined by commas (summed).")
+    loss: str = setting("grpo", help="grpo: mean over each completion's tokens, then over completions, advantages divided by the group std; dr_grpo: sum over tokens / (completions x --max-new-tokens), no std (Liu et al. 2025).", check=one_of("grpo", "dr_grpo"))
+    advantage: str = setting("group", help="Baseline: group (the group mean; divided by the std under --loss grpo), rloo (leave-one-out mean), reinforce_pp (per-token reward-to-go whitened over the batch).", check=one_of("group", "rloo", "reinforce_pp"))
+    kl_in: str = setting("auto", help="Where the KL to the reference goes: loss (GRPO eq. 3, a per-token term), reward (subtracted from the score, as RLOO and REINFORCE++ do), auto (loss for group, reward otherwise).", check=one_of("auto", "loss", "reward"))
+    iterations: int = setting(100, help="Iterations (rollout + update).", check=at_least(1))
+    prompts_per_iteration: int = setting(4, help="Prompts sampled per iteration.", check=at_least(1))
+    num_generations: int = setting(4, help="Completions per prompt (the group size G).", check=at_least(1))
+    ppo_epochs: int = setting(1, help="Passes over each rollout (GRPO's mu; 1 is on-policy).", check=at_least(1))
+    max_new_tokens: int = setting(32, help="Longest completion; a completion cut here has no EOS. Also Dr. GRPO's constant normaliser.", check=at_least(1))
+    temperature: float = setting(1.0, help="Sampling temperature; the log-probs of ratio and KL use the same one.", check=above(0))
+    top_k: int = setting(0, help="Top-k sampling (0: off). Biases the KL estimate; a warning says so.", check=at_least(0))
+    top_p: float = setting(1.0, help="Nucleus sampling (1: off). Biases the KL estimate; a warning says so.", check=fraction(above_zero=True))
+    kl_coef: float = setting(0.04, help="Weight of the KL to the reference (GRPO's beta; 0 skips the reference entirely).", check=at_least(0))
+    kl_estimator: str = setting("k3", help="Per-token KL estimator: k1 (log-ratio), k2 or k3 (unbiased, >= 0; GRPO's eq. 4).", check=one_of("k1", "k2", "k3"))
+    clip_range: float = setting(0.2, help="Ratio clip epsilon.", check=above(0))
+    gamma: float = setting(1.0, help="Discount of the per-token return under --advantage reinforce_pp.", check=fraction())
+    missing_eos_penalty: float = setting(0.0, help="Subtracted from the score of a completion that hit --max-new-tokens without EOS.", check=at_least(0))
+    eval_generations: int = setting(1, help="Completions per held-out prompt at each evaluation.", check=at_least(1))
+    rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
+    rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
+
+    @property
+    def rollout_size(self) -> int:
+        """Completions per iteration."""
+        return self.prompts_per_iteration * self.num_generations
+
+    @property
+    def kl_placement(self) -> str:
+        """"loss" or "reward": --kl-in with auto resolved."""
+        if self.kl_in != "auto":
+            return self.kl_in
+        return "loss" if self.advantage == "group" else "reward"
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        minibatch = self.batch_size * self.grad_accum
+        unused = "is not used by grpo, which counts --iterations (rollout + update)"
+        shared = [rule for rule in super().relations() if rule[0] != "--max-prompt-length"]  # no --max-length here
+        return shared + [
+            ("--max-steps", self.max_steps == 0, unused),
+            ("--epochs", self.epochs == 1.0, unused),
+            ("--data", self.data is None, "is not used by grpo: prompts come from --prompts"),
+            ("--format", self.format is None, "is not used by grpo: --prompts is JSONL, .txt or task:NAME"),
+            ("--num-generations", self.num_generations >= 2 or self.advantage == "reinforce_pp",
+             f"must be 2 or more for --advantage {self.advantage} (a group of one has no baseline)"),
+            ("--batch-size", self.rollout_size % minibatch == 0,
+             f"--batch-size x --grad-accum = {minibatch} must divide the {self.rollout_size} completions of an "
+             "iteration (--prompts-per-iteration x --num-generations)"),
+            ("--fsdp", not self.fsdp, "not supported by grpo (sampling would have to step every rank in "
+             "lockstep); use DDP, the default under torchrun"),
+        ]  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class OnlineDPOConfig(TrainConfig):
+    """`preftune online-dpo`: DPO on pairs sampled from the policy as it trains and ranked live by a
+    judge or reward model (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback").
+
+    One iteration = two completions for each of --prompts-per-iteration prompts, the better-scored
+    one chosen, then one optimizer step on the DPO loss over those pairs (micro-batches of
+    --batch-size pairs). Pairs whose two scores tie are dropped (they say nothing). From
+    TrainConfig, online-dpo does not use --data, --format, --epochs, --max-steps, --max-length or
+    --grad-accum; --eval-data is a held-out prompts source.
+    """
+
+    data: str | None = setting(None, help="Unused by online-dpo: prompts come from --prompts.")
+    eval_split: float = setting(0.0, help="Fraction of --prompts held out for evaluation when --eval-data is not given.", check=fraction(below_one=True))
+    prompts: str = setting(help='Prompts: JSONL of {"prompt": str | [messages]}, .txt with one prompt per line, or task:arithmetic[:train|test[:COUNT]].')
+    reward: str = setting(help="What ranks the two completions: judge:NAME, rm:DIR, exact_match / format, python:MODULE:FUNCTION, or several joined by commas (summed).")
+    loss: str = setting("sigmoid", help="sigmoid (DPO), robust, cdpo, ipo or hinge (losses/dpo.py).", check=one_of("sigmoid", "robust", "cdpo", "ipo", "hinge"))
+    beta: float = setting(0.1, help="DPO's beta.", check=above(0))
+    label_smoothing: float = setting(0.0, help="Label-flip rate epsilon for robust and cdpo.", check=Check(lambda v: 0 <= v < 0.5, "must be in [0, 0.5), got {value}", 0.5))
+    length_normalize: bool = setting(False, help="ipo: use per-token mean log-probs instead of sums.")
+    iterations: int = setting(100, help="Iterations (sample pairs + one update).", check=at_least(1))
+    prompts_per_iteration: int = setting(8, help="Prompts (pairs) per iteration.", check=at_least(1))
+    max_new_tokens: int = setting(48, help="Longest completion; a completion cut here has no EOS.", check=at_least(1))
+    temperature: float = setting(1.0, help="Sampling temperature; log-probs use the same one.", check=above(0))
+    top_k: int = setting(0, help="Top-k sampling (0: off).", check=at_least(0))
+    top_p: float = setting(1.0, help="Nucleus sampling (1: off).", check=fraction(above_zero=True))
+    missing_eos_penalty: float = setting(0.0, help="Subtracted from the score of a completion that hit --max-new-tokens without EOS before ranking.", check=at_least(0))
+    rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
+    rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        unused = "is not used by online-dpo, which counts --iterations (sample pairs + update)"
+        shared = [rule for rule in super().relations() if rule[0] != "--max-prompt-length"]
+        return shared + [
+            ("--max-steps", self.max_steps == 0, unused),
+            ("--epochs", self.epochs == 1.0, unused),
+            ("--grad-accum", self.grad_accum == 1, "is not used by online-dpo: each iteration is one step over all its pairs"),
+            ("--data", self.data is None, "is not used by online-dpo: prompts come from --prompts"),
+            ("--format", self.format is None, "is not used by online-dpo: --prompts is JSONL, .txt or task:NAME"),
+            ("--fsdp", not self.fsdp, "not supported by online-dpo; use DDP, the default under torchrun"),
+        ]  # fmt: skip

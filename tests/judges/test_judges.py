@@ -87,7 +87,8 @@ def test_rm_judge_equals_reward_of_sequences(reward_model_dir):
     [
         (
             "judge:kindness",
-            r"^judge:kindness: unknown judge; choose one of judge:sentiment, judge:readability, judge:kid, rm:DIR$",
+            r"^judge:kindness: unknown judge; choose one of judge:sentiment, judge:readability, judge:kid, "
+            r"judge:exact_match, judge:format, rm:DIR, python:MODULE:FUNCTION$",
         ),
         ("bleu", r"^bleu: unknown judge; choose one of"),
         ("rm:", r"^rm:: rm: needs a folder"),

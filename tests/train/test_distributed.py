@@ -224,3 +224,22 @@ def test_a_dead_or_hung_worker_fails_the_run_with_a_clear_error(workdir, pairs_f
     assert f"--dist-timeout {timeout} s" in error[0]
     assert "Traceback" not in stderr
     assert waited < timeout + 30  # a hang would sit here until communicate() gave up
+
+
+@pytest.mark.parametrize("command, settings", [
+    ("grpo", dict(prompts_per_iteration=4, num_generations=2, batch_size=4, advantage="reinforce_pp", kl_in="reward")),
+    ("online-dpo", dict(prompts_per_iteration=4, batch_size=2)),
+])  # fmt: skip
+def test_online_rl_commands_run_under_torchrun(workdir, env, command, settings):
+    """grpo (with REINFORCE++'s all-ranks whitening) and online-dpo on two processes, launched as
+    users launch them, with a python: reward importable from the working folder."""
+    (workdir / "dist_online_rewards.py").write_text("def count_e(prompt, response):\n    return float(response.count('e'))\n")
+    prompts = workdir / "online-prompts.txt"
+    prompts.write_text("".join(f"Tell me about {topic}, please ({i}).\n" for i, topic in enumerate(TOPICS * 2)))
+    out = workdir / command
+    settings = dict(model="tiny", prompts=prompts, reward="python:dist_online_rewards:count_e", out=out, iterations=2,
+                    max_new_tokens=8, lr=3e-3, seed=0, dist_timeout=120) | settings  # fmt: skip
+    torchrun(["-m", "preftune", command, *flags(settings)], env | {"PYTHONPATH": os.pathsep.join([str(workdir), env.get("PYTHONPATH", "")])})
+    rows = [r for r in read_metrics(out) if "learning_rate" in r]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["grad_norm"] > 0 for r in rows)
+    assert (out / "final" / "model.safetensors").exists()

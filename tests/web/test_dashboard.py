@@ -102,6 +102,11 @@ def test_runs_are_found_only_inside_the_runs_folder(tmp_path):
 
 def test_run_kind_and_charts_come_from_metrics_or_config(tmp_path):
     assert runs.run_kind({}, [{"step": 1, "objective/kl": 0.1}]) == "ppo"
+    assert runs.run_kind({}, [{"step": 1, "objective/kl": 0.1, "reward": 1.0, "frac_reward_zero_std": 0.5}]) == "grpo"
+    assert runs.run_kind({"num_generations": 4}, []) == "grpo"
+    grpo = runs.charts_for(["grpo"], [{"step": 1, "reward": 1.0, "kl": 0.1, "rewards/exact_match/mean": 0.2}])
+    assert [c.id for c in grpo[:3]] == ["scores", "kl", "score-vs-sqrt-kl"]
+    assert grpo[-1].title == "rewards/exact_match/mean"  # each reward part gets a chart of its own
     assert runs.run_kind({}, [{"step": 1, "rewards/margins": 0.1}]) == "dpo"
     assert runs.run_kind({}, [{"step": 1, "accuracy": 0.5, "mean_reward": 0.0}]) == "rm"
     ppo_log(tmp_path, "p")  # config only, no metrics yet: a run that just started

@@ -134,6 +134,10 @@ def test_judge_auto_label_votes_as_a_named_annotator(site):
         ).status_code
         == 400
     )
+    # A python: reward would import and call server code named by a form field: refused, alone or in a sum.
+    for spec in ("python:subprocess:call", "sentiment,python:subprocess:call"):
+        refused = admin.post(f"/admin/projects/{project_id}/judge", data={"judge": spec, "csrf_token": site.csrf(admin)})
+        assert refused.status_code == 400 and "command line only" in refused.text
 
 
 @pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"temperature": 0}])

@@ -189,6 +189,10 @@ def test_api_answers_json_and_refuses_bad_input(tmp_path):
     assert client.get("/playground/api/dpo", params={"steps": 10_000}).status_code == 422
     stepped = client.get("/playground/api/hacking", params={"beta": 30, "steps": 2}).json()
     assert stepped["beta"] == pytest.approx(30 / 1.3**2)
+    baselines = client.get("/playground/api/baselines", params={"group_size": 4, "value_error": 0.5}).json()
+    assert [r["baseline"] for r in baselines["rows"]] == ["none", "value", "group_mean", "leave_one_out", "group_mean_std"]
+    assert client.get("/playground/api/baselines", params={"group_size": 1}).status_code == 422
+    assert client.get("/playground/api/baselines", params={"value_error": 9}).status_code == 400
     page = client.get("/playground")
     assert page.status_code == 200 and "Explain photosynthesis to a 5-year-old." in page.text
 
@@ -228,7 +232,7 @@ def page(tmp_path_factory):
             ),
         )
         opened.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/playground")
-        for module in ("m1", "m2", "m3", "m4"):
+        for module in ("m1", "m2", "m3", "m4", "m5"):
             wait_updated(opened, module, 0)
         opened.errors = errors
         yield opened
@@ -335,6 +339,23 @@ def test_each_module_loads_and_shows_the_library_numbers(page):
     point = hacking.point(float(request["beta"]), float(request["length_bias"]))
     for name, key in [("m4-gold", "gold"), ("m4-proxy", "proxy"), ("m4-kl", "kl"), ("m4-sqrt-kl", "sqrt_kl")]:
         assert shown(page, name) == pytest.approx(point[key], abs=1e-12)
+
+    # Module 5: each row's variance is playground.baselines' for the group size and critic error sent;
+    # a larger critic error raises the critic's row and leaves RLOO's alone.
+    from preftune.playground.baselines import baseline_numbers
+
+    def variance(row: str) -> float:
+        return float(page.get_attribute(f"#m5-row-{row} td.num", "data-value"))
+
+    request = request_of(page, "m5")
+    size, error = int(request["group_size"]), float(request["value_error"])
+    assert variance("leave_one_out") == pytest.approx(baseline_numbers("leave_one_out", size)["variance"], rel=1e-12)
+    assert variance("value") == pytest.approx(baseline_numbers("value", size, error)["variance"], rel=1e-12)
+    before = variance("value"), variance("leave_one_out")
+    count = updates(page, "m5")
+    move_slider(page, "m5-error", 2.5)
+    wait_updated(page, "m5", count)
+    assert variance("value") > before[0] and variance("leave_one_out") == before[1]
 
 
 @needs_chromium

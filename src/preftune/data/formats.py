@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from preftune.data.arithmetic import is_task_spec, task_prompts
 from preftune.data.files import RawRows, load_rows, text_lines, type_name
 from preftune.data.schema import DataError, Message, PreferencePair
 
@@ -87,7 +88,10 @@ def read_pairs(source: str | Path, format: str | None = None) -> tuple[list[Pref
 
 
 def read_prompts(source: str | Path) -> list[list[Message]]:
-    """Prompts for generation: JSONL (or any row source) of {"prompt": str | [messages]}, or .txt lines."""
+    """Prompts for generation: JSONL (or any row source) of {"prompt": str | [messages]}, .txt lines,
+    or a built-in task's problems, `task:arithmetic[:train|test[:COUNT]]` (`data/arithmetic.py`)."""
+    if is_task_spec(source):
+        return task_prompts(source)
     display = str(source)
     if Path(source).suffix.lower() == ".txt":
         prompts = [[Message("user", line)] for line in text_lines(Path(source), display)]

@@ -7,7 +7,12 @@ Spellings accepted by `get_judge`:
 - `kid` or `judge:kid`: the demo's gold judge, readability x on-topic relevance x coherence
   (`judges/kid.py`, `judges/coherence.py`);
 - `rm:DIR`: a reward model saved by `preftune rm` (its `final/` or a checkpoint), scoring the
-  prompt + response through the one tokenization path, in batches (`score_batch`).
+  prompt + response through the one tokenization path, in batches (`score_batch`);
+- `exact_match`, `format` (or `judge:`-prefixed): verifiable rewards of the arithmetic task
+  (`judges/verifiable.py`, `data/arithmetic.py`);
+- `python:MODULE:FUNCTION`: the user's own `(prompt, response) -> float` (`judges/python_reward.py`);
+- several of these joined by commas, e.g. `exact_match,format`: their sum (each part kept in
+  `Judge.parts`, so a trainer can log them one by one).
 
 Lexicon judges ignore the prompt; the reward model reads it. A prompt is a string (one user
 turn) or a list of `Message`s (a whole conversation).
@@ -22,8 +27,10 @@ from typing import Any
 
 from ..data.schema import DataError
 from .kid import kid_score, kid_scores
+from .python_reward import PYTHON_PREFIX, load_python_reward
 from .readability import readability_score
 from .sentiment import sentiment_score
+from .verifiable import exact_match_score, format_score
 
 RM_PREFIX = "rm:"
 JUDGE_PREFIX = "judge:"
@@ -33,6 +40,8 @@ BUILTIN_JUDGES: dict[str, Callable[[Any, str], float]] = {
     "sentiment": sentiment_score,
     "readability": readability_score,
     "kid": kid_score,
+    "exact_match": exact_match_score,
+    "format": format_score,
 }
 # Judges that score whole lists faster than one pair at a time (the embedding model batches).
 BATCHED_JUDGES: dict[str, Callable[[list, list[str]], list[float]]] = {"kid": kid_scores}
@@ -52,13 +61,15 @@ class Judge:
     name: str
     score: Callable[[Any, str], float]
     score_many: Callable[[list, list[str]], list[float]] | None = None
+    parts: tuple[Judge, ...] = ()  # the judges a comma-joined spec sums, in order; empty otherwise
 
     def __call__(self, prompt: Any, response: str) -> float:
         return float(self.score(prompt, response))
 
 
-def known_judges() -> list[str]:
-    return [JUDGE_PREFIX + name for name in BUILTIN_JUDGES] + [RM_PREFIX + "DIR"]
+def known_judges(include_python: bool = True) -> list[str]:
+    names = [JUDGE_PREFIX + name for name in BUILTIN_JUDGES] + [RM_PREFIX + "DIR"]
+    return names + [PYTHON_PREFIX + "MODULE:FUNCTION"] if include_python else names
 
 
 def get_judge(
@@ -68,11 +79,24 @@ def get_judge(
     batch_size: int = 16,
     max_length: int = 1024,
     max_prompt_length: int = 512,
+    allow_python: bool = True,
 ) -> Judge:
     """The judge `spec` names (see the module docstring). The batching and length settings apply
-    to `rm:` judges only. Raises `JudgeError` (a `DataError`: one line) for unknown names, and
+    to `rm:` judges only. `allow_python=False` refuses `python:` specs: the web app passes it, so a
+    form field can never import and call arbitrary code on the server. Raises `JudgeError` (a `DataError`: one line) for unknown names, and
     `ModelLoadError` for an `rm:` folder that does not load."""
     spec = spec.strip()
+    if "," in spec and not spec.startswith(RM_PREFIX):  # a folder name may hold a comma; a sum never starts with rm:
+        parts = [p.strip() for p in spec.split(",")]
+        if any(not p for p in parts):
+            raise JudgeError(spec, "an empty name in a comma-joined list of judges")
+        judges = tuple(get_judge(p, device=device, batch_size=batch_size, max_length=max_length,
+                                 max_prompt_length=max_prompt_length, allow_python=allow_python) for p in parts)  # fmt: skip
+        return summed_judge(judges)
+    if spec.startswith(PYTHON_PREFIX):
+        if not allow_python:
+            raise JudgeError(spec, "python: rewards run code and are accepted on the command line only")
+        return Judge(spec, load_python_reward(spec))  # PythonRewardError is a one-line DataError
     if spec.startswith(RM_PREFIX):
         folder = spec[len(RM_PREFIX) :]
         if not folder:
@@ -81,8 +105,23 @@ def get_judge(
                                   max_prompt_length=max_prompt_length)  # fmt: skip
     name = spec.removeprefix(JUDGE_PREFIX)
     if name not in BUILTIN_JUDGES:
-        raise JudgeError(spec, f"unknown judge; choose one of {', '.join(known_judges())}")
+        raise JudgeError(spec, f"unknown judge; choose one of {', '.join(known_judges(allow_python))}")
     return Judge(name, BUILTIN_JUDGES[name], BATCHED_JUDGES.get(name))
+
+
+def summed_judge(judges: tuple[Judge, ...]) -> Judge:
+    """One judge scoring the sum of `judges`; each still scores in its own batches."""
+
+    def score_many(prompts: list, responses: list[str]) -> list[float]:
+        columns = [score_batch(judge, prompts, responses) for judge in judges]
+        return [sum(row) for row in zip(*columns, strict=True)]
+
+    return Judge(
+        ",".join(j.name for j in judges),
+        lambda prompt, response: score_many([prompt], [response])[0],
+        score_many,
+        judges,
+    )
 
 
 def reward_model_judge(

@@ -126,3 +126,102 @@ def gae(
     # Lambda-returns, the value head's regression target; zero on padding like the advantages.
     returns = torch.where(keep, advantages + values, torch.zeros_like(advantages))
     return advantages, returns
+
+
+# ---- group baselines for online RL without a value model (GRPO, Dr. GRPO, RLOO, REINFORCE++) -------
+#
+# Each prompt is sampled G times ("a group"); rows are laid out group by group, so `scores` of shape
+# [B] with B = P * G reshapes to [P, G]. These estimators return one advantage per completion, [B],
+# that the policy loss broadcasts over the completion's tokens (outcome supervision), except
+# REINFORCE++, which works per token.
+
+# The std floor of GRPO's advantage: a group whose rewards are all equal has std 0; TRL's
+# GRPOTrainer adds 1e-4 to the std (not to the variance), and so do we, so the two agree to 1e-6.
+GROUP_STD_EPS = 1e-4
+
+
+def _grouped(scores: torch.Tensor, group_size: int, who: str) -> torch.Tensor:
+    """[B] -> [P, G], with a one-line error when B is not a whole number of groups."""
+    if scores.dim() != 1:
+        raise ValueError(f"{who}: scores must have shape [B], got {tuple(scores.shape)}")
+    if group_size < 1 or scores.shape[0] % group_size:
+        raise ValueError(f"{who}: {scores.shape[0]} scores do not split into groups of {group_size}")
+    return scores.view(-1, group_size)
+
+
+def group_std(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Unbiased standard deviation of each group's scores, repeated to [B] (0 for G = 1)."""
+    grouped = _grouped(scores, group_size, "group_std")
+    if group_size == 1:
+        # One sample has no spread; torch.std would give NaN (Bessel's n - 1 = 0).
+        return torch.zeros_like(scores)
+    return grouped.std(dim=1, unbiased=True).repeat_interleave(group_size)
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, scale_by_std: bool = True) -> torch.Tensor:
+    """GRPO's outcome-supervised advantage (Shao et al. 2024, "DeepSeekMath", section 4.1.2), and
+    Dr. GRPO's without the std (Liu et al. 2025, "Understanding R1-Zero-Like Training", section 3.1).
+
+        GRPO:     A_i = (r_i - mean(r_group)) / (std(r_group) + eps)
+        Dr. GRPO: A_i =  r_i - mean(r_group)
+
+    std is the unbiased (n - 1) sample std, as TRL computes it; eps = GROUP_STD_EPS. Dr. GRPO drops
+    the division because it weights easy and hard questions (low std) more than the rest: a bias in
+    the gradient, not a normalisation.
+    Shapes: `scores` [B] = [P * G] grouped row-wise; returns [B].
+    """
+    grouped = _grouped(scores, group_size, "group_advantages")
+    # Mean of each group, the baseline every member's reward is compared to.
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
+    if not scale_by_std:
+        return centred
+    # Std floor added to the std (see GROUP_STD_EPS): an all-equal group gives advantages 0, not NaN.
+    return centred / (group_std(scores, group_size) + GROUP_STD_EPS)
+
+
+def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics", eq. 4):
+    each sample's baseline is the mean of the other G - 1 samples of its group,
+
+        A_i = r_i - (1 / (G - 1)) * sum_{j != i} r_j  =  G / (G - 1) * (r_i - mean(r_group))
+
+    so the baseline does not depend on r_i and the estimator stays unbiased. Needs G >= 2.
+    Shapes: `scores` [B] = [P * G]; returns [B].
+    """
+    if group_size < 2:
+        raise ValueError(f"rloo_advantages: the leave-one-out baseline needs groups of 2 or more, got {group_size}")
+    grouped = _grouped(scores, group_size, "rloo_advantages")
+    # Sum of the others = group total minus oneself.
+    others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others_mean).reshape(-1)
+
+
+def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Discounted return from each token on, G_t = sum_{s >= t} gamma^(s - t) r_s, zero on padding.
+
+    Shapes: [B, T] in, [B, T] out. This is GAE with V = 0 and lambda = 1 (no critic), which is
+    what REINFORCE++ uses; computed by `gae` so the recursion lives once.
+    """
+    # With V = 0 the advantage and the return coincide; take the first.
+    to_go, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=gamma, lam=1.0)
+    return to_go
+
+
+def reinforce_pp_advantages(
+    token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, whiten=masked_whiten
+) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large
+    Language Models", section 3): the per-token return of the KL-penalised reward, normalised over
+    the whole batch rather than per prompt (a global baseline, no critic, no groups),
+
+        r_t = -kl_coef * KL_t  (+ the score at the last token)     `losses.kl.kl_penalized_rewards`
+        G_t = sum_{s >= t} gamma^(s - t) r_s
+        A_t = (G_t - mean_batch(G)) / std_batch(G)                  over every response token
+
+    Shapes: `token_rewards` and `mask` [B, T]; returns [B, T], 0 on padding. `whiten` is
+    `masked_whiten`, or under torchrun its all-ranks twin (`train.distributed.masked_whiten`), so
+    "the batch" is the global one.
+    """
+    returns = reward_to_go(token_rewards, mask, gamma)
+    # Batch-level whitening over the response tokens: the paper's "global advantage normalisation".
+    return whiten(returns, mask)

@@ -1,4 +1,4 @@
-"""The playground's computations: four small worlds over six answers to one prompt.
+"""The playground's computations: five small worlds over six answers to one prompt.
 
 Each module calls the library's own loss code (`losses.reward.bradley_terry`, `losses.kl`,
 `losses.ppo`, `losses.dpo.sigmoid_loss`) on tensors of six answers, so what the web page animates
@@ -10,4 +10,5 @@ the request, calls one `*_state` function, and returns its JSON.
     optimum.py      module 2: pi* ∝ pi_ref exp(r / beta), and PPO iterations towards it
     dpo.py          module 3: DPO steps on the same labels, landing on the same pi*
     hacking.py      module 4: a length-loving proxy vs the gold reward along sqrt(KL)
+    baselines.py    module 5: gradient variance of no baseline, a critic, and group baselines
 """

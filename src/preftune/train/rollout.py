@@ -148,9 +148,9 @@ def score_responses(reward, prompts: list[list[Message]], responses: list[str]) 
 
 @dataclass
 class Samples:
-    """One completion per prompt, with what scoring and the layout need."""
+    """Completions (one row each, a prompt's rows together), with what scoring and the layout need."""
 
-    prompts: list[list[Message]]
+    prompts: list[list[Message]]  # the prompt of each row (repeated n times for n samples per prompt)
     texts: list[str]  # decoded completions (special tokens removed)
     batch: RolloutBatch
     ended: torch.Tensor  # [B] bool: the completion closed with EOS (not cut at max_new_tokens)
@@ -171,21 +171,26 @@ def sample(
     max_prompt_length: int,
     batch_size: int,
     engine=None,
+    n: int = 1,
 ) -> Samples:
-    """One seeded completion per prompt from the rollout engine (`generate_completions`), laid out."""
+    """`n` seeded completions per prompt from the rollout engine (`generate_completions`), laid out
+    one row per completion, the `n` rows of a prompt next to each other (a group, for GRPO)."""
     result = generate_completions(
-        model, tokenizer, prompts, 1, max_new_tokens=max_new_tokens, temperature=temperature,
+        model, tokenizer, prompts, n, max_new_tokens=max_new_tokens, temperature=temperature,
         top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size, max_prompt_length=max_prompt_length,
         engine=engine,
     )  # fmt: skip
-    completions = [per_prompt[0] for per_prompt in result.completion_ids]
+    completions = [c for per_prompt in result.completion_ids for c in per_prompt]
+    prompt_ids = [ids for ids, per_prompt in zip(result.prompt_ids, result.completion_ids, strict=True) for _ in per_prompt]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch = layout_rollout(result.prompt_ids, completions, pad_id)
-    ended = torch.tensor([per_prompt[0] for per_prompt in result.finished])
+    batch = layout_rollout(prompt_ids, completions, pad_id)
+    ended = torch.tensor([done for per_prompt in result.finished for done in per_prompt])
     engine_logprobs = torch.zeros(batch.response_mask.shape)
-    for row, per_prompt in enumerate(result.logprobs):
-        engine_logprobs[row, : len(per_prompt[0])] = torch.tensor(per_prompt[0])
-    return Samples(list(prompts), [t[0] for t in result.texts], batch, ended, result.seconds, engine_logprobs)
+    for row, logprobs in enumerate(lp for per_prompt in result.logprobs for lp in per_prompt):
+        engine_logprobs[row, : len(logprobs)] = torch.tensor(logprobs)
+    rows = [p for p in prompts for _ in range(n)]
+    texts = [t for per_prompt in result.texts for t in per_prompt]
+    return Samples(rows, texts, batch, ended, result.seconds, engine_logprobs)
 
 
 def shape_scores(

@@ -110,7 +110,8 @@ def judge_work(store: Store, project_id: int, judge_name: str) -> Callable[[Call
     """Work that votes on every ready item as the annotator `judge:NAME` (higher score wins)."""
     from preftune.judges import get_judge
 
-    judge = get_judge(judge_name)  # fail in the request, not the thread, on an unknown name
+    # Fail in the request, not the thread, on an unknown name; never import code named by a form field.
+    judge = get_judge(judge_name, allow_python=False)
 
     def work(progress: Callable[[int, int], None]) -> str:
         from preftune.data.schema import Message

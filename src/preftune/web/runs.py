@@ -87,6 +87,24 @@ PPO_CHARTS = (
     ),
     _over_steps("ppo-losses", "PPO losses", "loss/policy_avg", "loss/value_avg", with_eval=False),
 )
+# grpo (and its RLOO / REINFORCE++ settings): TRL's GRPOTrainer names, plus the KL and held-out axes PPO uses.
+GRPO_CHARTS = (
+    Chart("scores", "Reward", (("step", "reward"), ("step", "eval/scores"), ("step", "eval/ref_scores"))),
+    Chart("kl", "KL from the reference", (("step", "objective/kl"), ("step", "eval/kl"))),
+    Chart(
+        "score-vs-sqrt-kl",
+        "Reward against √KL",
+        (("objective/kl", "reward"), ("eval/kl", "eval/scores")),
+        x_title="√KL (nats)",
+        x_sqrt=True,
+    ),
+    _over_steps("reward-spread", "Reward spread within groups", "reward_std", "frac_reward_zero_std", with_eval=False),
+    _over_steps("token-kl", "Per-token KL estimate", "kl", with_eval=False),
+    _over_steps("entropy", "Entropy", "entropy", with_eval=False),
+    _over_steps("clip-ratio", "Clipped tokens", "clip_ratio/region_mean", "clip_ratio/low_mean", "clip_ratio/high_mean", with_eval=False),
+    Chart("length", "Mean completion length", (("step", "completions/mean_length"), ("step", "eval/mean_length"))),
+    _over_steps("grpo-loss", "Loss", "loss", "policy_loss", with_eval=False),
+)
 RM_CHARTS = (
     _over_steps("loss", "Loss", "loss"),
     _over_steps("accuracy", "Accuracy", "accuracy"),
@@ -108,7 +126,9 @@ KTO_CHARTS = (
     _over_steps("grad-norm", "Gradient norm", "grad_norm", with_eval=False),
     _over_steps("learning-rate", "Learning rate", "learning_rate", with_eval=False),
 )
-CHARTS_BY_KIND = {"dpo": DPO_CHARTS, "kto": KTO_CHARTS, "ppo": PPO_CHARTS, "rm": RM_CHARTS, "sft": SFT_CHARTS, "run": ()}
+CHARTS_BY_KIND = {
+    "dpo": DPO_CHARTS, "kto": KTO_CHARTS, "ppo": PPO_CHARTS, "grpo": GRPO_CHARTS, "rm": RM_CHARTS, "sft": SFT_CHARTS, "run": (),
+}
 # Bookkeeping columns that are not worth a chart of their own.
 NOT_CHARTED = {"step", "time", "epoch", "num_tokens", "eval/num_tokens"}
 
@@ -158,8 +178,10 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
 
 
 def run_kind(config: dict[str, Any], rows: list[Row]) -> str:
-    """dpo, kto, ppo, rm, sft or run: from the metric names logged, else from the config's fields."""
+    """dpo, kto, ppo, grpo, rm, sft or run: from the metric names logged, else from the config's fields."""
     names = set().union(*rows[:20]) if rows else set()
+    if "frac_reward_zero_std" in names or "num_generations" in config:
+        return "grpo"
     if names & {"objective/kl", "objective/scores", "eval/scores"} or "rollout_batch" in config:
         return "ppo"
     if "desirable_weight" in config:  # before dpo: KTO logs rewards/margins too

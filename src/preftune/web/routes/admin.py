@@ -29,7 +29,7 @@ DEFAULT_LINK_DAYS = 30
 def known_judges() -> list[str]:
     from preftune.judges import known_judges as names
 
-    return names()
+    return names(include_python=False)  # python: rewards are refused here (jobs.judge_work)
 
 
 def back(project_id: int, notice: str) -> RedirectResponse:

@@ -1,4 +1,4 @@
-"""The playground (`/playground`): four modules that animate preference learning on six answers.
+"""The playground (`/playground`): five modules that animate preference learning on six answers.
 
 The page is static HTML plus `playground_modules.js`; every number it shows comes from the JSON endpoints
 below, which call `preftune.playground` (and through it the library's loss code). The server keeps
@@ -139,3 +139,11 @@ def hacking(beta: float = 30.0, length_bias: float = 4.0, steps: int = Query(0, 
     for _ in range(steps):
         beta = next_beta(beta)
     return hacking_state(beta, _number(length_bias, "length_bias", 0.0, 20.0))
+
+
+@router.get("/api/baselines")
+def baselines(group_size: int = Query(8, ge=2, le=64), value_error: float = 1.0):
+    """Module 5: gradient variance and bias of each policy-gradient baseline at this group size and critic error."""
+    from preftune.playground.baselines import baselines_state
+
+    return baselines_state(group_size, _number(value_error, "value_error", 0.0, 5.0))

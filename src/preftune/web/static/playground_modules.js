@@ -325,6 +325,40 @@
     m4go(0);
   });
 
+  // ---- module 5: baselines -------------------------------------------------------------------
+  const BASELINE_NAMES = {
+    none: "none (REINFORCE)", value: "critic with this error (PPO)", group_mean: "group mean (Dr. GRPO)",
+    leave_one_out: "leave-one-out (RLOO)", group_mean_std: "group mean / std (GRPO)",
+  };
+  const group5 = slider("m5-group", String, function () { m5go(); });
+  const error5 = slider("m5-error", function (v) { return v.toFixed(2); }, function () { m5go(); });
+  const m5 = module("m5", "baselines", function (s) {
+    show("m5-reward-std", s.reward_std);
+    const body = $("m5-rows");
+    body.textContent = "";
+    s.rows.forEach(function (r) {
+      const tr = document.createElement("tr");
+      tr.id = "m5-row-" + r.baseline;
+      [BASELINE_NAMES[r.baseline], fmt(r.variance), fmt(r.relative_bias, 3)].forEach(function (text, i) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        if (i === 1) { td.className = "num"; td.dataset.value = String(r.variance); }
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    Plotly.react($("m5-chart"), [
+      { x: s.group_sizes, y: s.variance_by_group_size.leave_one_out, name: "leave-one-out (RLOO)", mode: "lines+markers" },
+      { x: s.group_sizes, y: s.variance_by_group_size.value, name: "critic with this error", mode: "lines+markers" },
+    ], layout({
+      height: 360, xaxis: { title: { text: "group size G" }, type: "log" }, yaxis: { title: { text: "variance of the gradient estimate" }, type: "log" },
+    }), PLOT_CONFIG);
+  });
+  function m5go() {
+    return m5.request(function () { return { group_size: group5.value(), value_error: error5.value() }; });
+  }
+
   refreshDataset();
   m4go(0);
+  m5go();
 })();
