@@ -82,13 +82,13 @@ def train_grpo(config: GRPOConfig, reward_fn: Callable[[str, str], float] | None
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     warn_if_truncated_sampling(config.top_k, config.top_p)
     device = common.pick_device(config.device)
-    precision = common.pick_precision(device, config.precision)
+    precision, precision_reason = common.choose_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
     group, kl_in_loss = config.num_generations, config.kl_placement == "loss" and config.kl_coef > 0
     print(f"grpo: loss={config.loss} advantage={config.advantage} G={group} kl_coef={config.kl_coef} in the "
           f"{config.kl_placement} ({config.kl_estimator}) reward={config.reward if reward_fn is None else 'python callable'} "
-          f"device={device} precision={common.precision_label(device, config.precision, precision)}", file=sys.stderr)  # fmt: skip
+          f"device={device} precision={precision} ({precision_reason})", file=sys.stderr)  # fmt: skip
     autocast = lambda: common.autocast(device, precision)  # noqa: E731
 
     # -- prompts, reward, models ---------------------------------------------------------------

@@ -90,10 +90,10 @@ def train_kto(config: KTOConfig, show_progress: bool | None = None) -> Path:
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     ref_mode = resolve_reference_mode(config)
     device = common.pick_device(config.device)
-    precision = common.pick_precision(device, config.precision)
+    precision, precision_reason = common.choose_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"kto: beta={config.beta} desirable_weight={config.desirable_weight} undesirable_weight={config.undesirable_weight} ref={ref_mode} device={device} precision={common.precision_label(device, config.precision, precision)} batching={config.batching}", file=sys.stderr)
+    print(f"kto: beta={config.beta} desirable_weight={config.desirable_weight} undesirable_weight={config.undesirable_weight} ref={ref_mode} device={device} precision={precision} ({precision_reason}) batching={config.batching}", file=sys.stderr)
 
     # -- model, data, tokens -----------------------------------------------------------------
     policy, tokenizer = load_model_for_training(config, device)

@@ -69,11 +69,11 @@ def train_online_dpo(config: OnlineDPOConfig, reward_fn: Callable[[str, str], fl
     show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and distributed.is_main()
     warn_if_truncated_sampling(config.top_k, config.top_p)
     device = common.pick_device(config.device)
-    precision = common.pick_precision(device, config.precision)
+    precision, precision_reason = common.choose_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
     print(f"online-dpo: loss={config.loss} beta={config.beta} reward={config.reward if reward_fn is None else 'python callable'} "
-          f"device={device} precision={common.precision_label(device, config.precision, precision)}", file=sys.stderr)  # fmt: skip
+          f"device={device} precision={precision} ({precision_reason})", file=sys.stderr)  # fmt: skip
     autocast = lambda: common.autocast(device, precision)  # noqa: E731
 
     train_prompts, eval_prompts = load_prompt_splits(config)
