@@ -77,7 +77,7 @@ def test_metrics_samples_and_outputs(prompts_file, tmp_path):
 def test_it_learns_the_synthetic_reward(prompts_file, tmp_path):
     """Ranking by the letter e, the mean score of the last 4 iterations beats the first 4."""
     out = train_online_dpo(config(prompts_file, tmp_path / "learn", iterations=16, prompts_per_iteration=8, batch_size=8,
-                                  lr=1e-2, beta=0.5), reward_fn=count_e, show_progress=False)  # fmt: skip
+                                  lr=3e-3, beta=0.5), reward_fn=count_e, show_progress=False)  # fmt: skip
     scores = [r["objective/scores"] for r in read_metrics(out) if "objective/scores" in r]
     assert sum(scores[-4:]) > 1.5 * sum(scores[:4]), scores
 
