@@ -59,11 +59,11 @@ class MetricMeans:
 
     def add(self, metrics: dict[str, float], labels: torch.Tensor) -> None:
         desirable = int(labels.sum())
+        # How many examples each metric is a mean over: its group's, or (None) the whole batch's.
+        sizes = {True: desirable, False: len(labels) - desirable, None: len(labels)}
         for name, value in metrics.items():
-            weight = 1.0 if name == "num_tokens" else float(
-                desirable if GROUP_OF.get(name) is True else len(labels) - desirable if GROUP_OF.get(name) is False else len(labels)
-            )  # fmt: skip
-            self.sums[name] = self.sums.get(name, 0.0) + value * (1.0 if name == "num_tokens" else weight)
+            weight = 1.0 if name == "num_tokens" else float(sizes[GROUP_OF.get(name)])  # a count is summed
+            self.sums[name] = self.sums.get(name, 0.0) + value * weight
             self.weights[name] = self.weights.get(name, 0.0) + weight
 
     def result(self) -> dict[str, float]:
