@@ -25,6 +25,9 @@ Metrics, named as TRL's KTOTrainer logs them: "kl" (z0, after the clamp), "rewar
 "rewards/rejected" and "logps/rejected" (over the undesirable ones), and "rewards/margins"
 (rewards/chosen - rewards/rejected). A group absent from the batch has no metric (not a 0 or a
 NaN), so a loop averages each metric over the examples that have it.
+
+`apo_zero_unpaired_loss` is the other unpaired loss TRL's KTOTrainer offers (no reference point);
+`KTO_LOSSES` names both for `preftune kto --loss`.
 """
 
 from __future__ import annotations
