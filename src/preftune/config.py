@@ -320,6 +320,7 @@ class KTOConfig(TrainConfig):
 
     format: str | None = setting(None, help="Data format: unpaired ({prompt, completion, label}), or a pair format (pairs, messages, hh, sharegpt) split into chosen -> true, rejected -> false; default: detect.", check=one_of("unpaired", "pairs", "messages", "hh", "sharegpt"))
     batch_size: int = setting(4, help="Examples per micro-batch; at least 2 (the KL estimate pairs each prompt with another example's answer).", check=at_least(2))
+    loss: str = setting("kto", help="kto (Ethayarajh et al. 2024: against the batch's KL estimate) or apo_zero_unpaired (D'Oosterlinck et al. 2024: anchored at the reference, no KL estimate).", check=one_of("kto", "apo_zero_unpaired"))
     beta: float = setting(0.1, help="Strength of the implicit KL constraint (KTO's beta).", check=above(0))
     desirable_weight: float = setting(1.0, help="lambda_D: weight of the desirable (thumbs-up) examples' loss.", check=above(0))
     undesirable_weight: float = setting(1.0, help="lambda_U: weight of the undesirable (thumbs-down) examples' loss; the paper suggests lambda_D n_D / (lambda_U n_U) in [1, 4/3].", check=above(0))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from preftune.losses.kto import kto_kl_estimate, kto_loss
+from preftune.losses.kto import KTO_LOSSES, apo_zero_unpaired_loss, kto_kl_estimate, kto_loss
 
 # Three examples: implied rewards r = pi - ref = [1.0, -2.0, 0.5]; labels desirable, undesirable,
 # desirable. Mismatched pairs: pi - ref = [0.3, -0.1, 0.4], so the KL estimate z0 = 0.6 / 3 = 0.2.
@@ -126,3 +126,21 @@ def test_large_rewards_do_not_overflow():
 def test_bad_shapes_are_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_apo_zero_unpaired_matches_the_closed_form_and_ignores_the_kl_estimate():
+    """r = [1.0, -2.0, 0.5], beta 0.2, no reference point:
+    1.5 * (1 - sigmoid(0.2)) = 0.675249, 0.6 * sigmoid(-0.4) = 0.240787, 1.5 * (1 - sigmoid(0.1)) = 0.712531
+    (KTO with z0 = 0, which is why KTO's z0 = 0.2 above gives other numbers)."""
+    options = dict(beta=BETA, desirable_weight=LAMBDA_D, undesirable_weight=LAMBDA_U)
+    loss, metrics = apo_zero_unpaired_loss(t(POLICY), t(REFERENCE), torch.tensor(LABELS), 0.2, **options)
+    np.testing.assert_allclose(loss.numpy(), [0.675249, 0.240787, 0.712531], atol=1e-6)
+    assert float(metrics["kl"]) == 0.0 and float(metrics["rewards/margins"]) == pytest.approx(0.55, abs=1e-12)
+    kto, _ = run()
+    assert float((kto - loss).abs().max()) > 0.01
+    import dataclasses
+
+    from preftune.config import KTOConfig
+
+    choices = next(f for f in dataclasses.fields(KTOConfig) if f.name == "loss").metadata["check"].choices
+    assert set(choices) == set(KTO_LOSSES)  # the flag offers exactly what the code implements

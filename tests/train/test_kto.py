@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from preftune.config import ConfigError, KTOConfig, resolve_config
+from preftune.losses.kto import KTO_LOSSES
 from preftune.runlog import read_metrics
 from preftune.train import common
-from preftune.train import kto as kto_loop
 from preftune.train.kto import train_kto
 from preftune.web import runs
 
@@ -94,7 +94,7 @@ def test_resume_after_sigterm_matches_uninterrupted_run(thumbs_file, tmp_path, m
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(thumbs_file, tmp_path, monkeypatch):
-    real_loss = kto_loop.kto_loss
+    real_loss = KTO_LOSSES["kto"]
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -102,7 +102,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(thumbs_file, tmp_path, mo
         losses, metrics = real_loss(*args, **kwargs)
         return (losses * float("nan") if calls["n"] == 5 else losses), metrics
 
-    monkeypatch.setattr(kto_loop, "kto_loss", poisoned)
+    monkeypatch.setitem(KTO_LOSSES, "kto", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(common.TrainingDiverged, match=r"step 5: loss is nan.*checkpoints/step-4"):
         train_kto(config(thumbs_file, out, max_steps=8, save_every=2), show_progress=False)

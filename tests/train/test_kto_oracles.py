@@ -51,8 +51,8 @@ def files(tmp_path_factory):
     return folder
 
 
-def ours(folder, out, *, data="rows", model="policy", ref_model="reference", steps=2, lr=1e-3):
-    settings = dict(model=str(folder / model), ref_model=str(folder / ref_model), data=str(folder / f"{data}.jsonl"),
+def ours(folder, out, *, data="rows", model="policy", ref_model="reference", steps=2, lr=1e-3, loss="kto"):
+    settings = dict(loss=loss, model=str(folder / model), ref_model=str(folder / ref_model), data=str(folder / f"{data}.jsonl"),
                     out=str(out), batch_size=len(ROWS), max_steps=steps, lr=lr, beta=BETA, desirable_weight=LAMBDA_D,
                     undesirable_weight=LAMBDA_U, max_length=512, max_prompt_length=256, weight_decay=0.0,
                     precision="fp32")  # fmt: skip
@@ -72,15 +72,16 @@ def mismatches(mine: list[dict], reference: list[dict], tolerance: float = 1e-4)
 # ---- TRL ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trl_history(files, tmp_path_factory):
+@pytest.fixture(scope="module", params=["kto", "apo_zero_unpaired"])
+def trl_history(request, files, tmp_path_factory):
+    """(loss type, TRL's logged steps)."""
     trl = pytest.importorskip("trl", reason="TRL is the oracle; install the [bench] extra")
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     args = trl.KTOConfig(
         output_dir=str(tmp_path_factory.mktemp("trl")), per_device_train_batch_size=len(ROWS), max_steps=2,
-        learning_rate=1e-3, logging_steps=1, beta=BETA, desirable_weight=LAMBDA_D, undesirable_weight=LAMBDA_U,
+        learning_rate=1e-3, logging_steps=1, beta=BETA, loss_type=request.param, desirable_weight=LAMBDA_D, undesirable_weight=LAMBDA_U,
         bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no", seed=0,
         max_length=512, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
     )  # fmt: skip
@@ -90,25 +91,28 @@ def trl_history(files, tmp_path_factory):
         train_dataset=Dataset.from_list(ROWS), processing_class=AutoTokenizer.from_pretrained(files / "policy"),
     )  # fmt: skip
     trainer.train()
-    return [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+    return request.param, [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
 
 
 def test_matches_trl_kto_trainer(files, trl_history, tmp_path):
     """Step 1: the loss and metrics at the initial weights; step 2: after one AdamW step."""
-    mine = read_metrics(ours(files, tmp_path / "ours"))
-    assert len(mine) == len(trl_history) == 2
-    assert trl_history[0]["kl"] > 0.01, "the reference point must be above its clamp for this test to see it"
-    assert mismatches(mine, trl_history) == []
+    loss, theirs = trl_history
+    mine = read_metrics(ours(files, tmp_path / "ours", loss=loss))
+    assert len(mine) == len(theirs) == 2
+    if loss == "kto":
+        assert theirs[0]["kl"] > 0.01, "the reference point must be above its clamp for this test to see it"
+    assert mismatches(mine, theirs) == []
 
 
 @pytest.mark.parametrize("swap", ["labels", "policy and reference"])
 def test_the_trl_comparison_fails_when_swapped(files, trl_history, tmp_path, swap):
     """The comparison above can fail: desirable <-> undesirable, or policy <-> reference."""
+    loss, theirs = trl_history
     if swap == "labels":
-        mine = read_metrics(ours(files, tmp_path / "flipped", data="flipped"))
+        mine = read_metrics(ours(files, tmp_path / "flipped", data="flipped", loss=loss))
     else:
-        mine = read_metrics(ours(files, tmp_path / "swapped", model="reference", ref_model="policy"))
-    assert len(mismatches(mine, trl_history)) >= 3
+        mine = read_metrics(ours(files, tmp_path / "swapped", model="reference", ref_model="policy", loss=loss))
+    assert len(mismatches(mine, theirs)) >= 3
 
 
 # ---- an independent loop -----------------------------------------------------------------------

@@ -25,6 +25,9 @@ Metrics, named as TRL's KTOTrainer logs them: "kl" (z0, after the clamp), "rewar
 "rewards/rejected" and "logps/rejected" (over the undesirable ones), and "rewards/margins"
 (rewards/chosen - rewards/rejected). A group absent from the batch has no metric (not a 0 or a
 NaN), so a loop averages each metric over the examples that have it.
+
+`apo_zero_unpaired_loss` is the other unpaired loss TRL's KTOTrainer offers (no reference point);
+`KTO_LOSSES` names both for `preftune kto --loss`.
 """
 
 from __future__ import annotations
@@ -85,6 +88,43 @@ def kto_loss(
     # lambda_D / lambda_U trade the two kinds off (the paper's eq. 8 suggests lambda_D n_D / (lambda_U n_U) in [1, 4/3]).
     losses = torch.where(labels, desirable_weight * desirable, undesirable_weight * undesirable)
     return losses, _metrics(policy_logps, logratios, labels, z0, beta)
+
+
+def apo_zero_unpaired_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    labels: torch.Tensor,
+    kl_estimate: torch.Tensor | float = 0.0,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """APO-zero on unpaired answers (D'Oosterlinck et al. 2024, "Anchored Preference Optimization
+    and Contrastive Revisions", APO-zero with its two terms split by label, as TRL 1.16's
+    `apo_zero_unpaired`): no reference point, desirable answers pushed up, undesirable ones down,
+    each anchored at the reference:
+
+        desirable:   lambda_D * (1 - sigmoid(beta * r))
+        undesirable: lambda_U * sigmoid(beta * r),          r = pi - ref
+
+    Shapes as `kto_loss`; `kl_estimate` is ignored (there is no z0), and "kl" is logged as 0, as TRL does.
+    """
+    if policy_logps.shape != ref_logps.shape or policy_logps.dim() != 1:
+        raise ValueError(f"apo_zero_unpaired_loss: policy {tuple(policy_logps.shape)} and reference "
+                         f"{tuple(ref_logps.shape)} log-probs must both have shape [B]")  # fmt: skip
+    if labels.shape != policy_logps.shape or labels.dtype != torch.bool:
+        raise ValueError(f"apo_zero_unpaired_loss: labels must be a bool tensor of shape {tuple(policy_logps.shape)}")
+    logratios = policy_logps - ref_logps
+    # Anchored at r = 0: an answer's loss depends on its own log-ratio only, not on the batch.
+    losses = torch.where(labels, desirable_weight * (1 - torch.sigmoid(beta * logratios)),
+                         undesirable_weight * torch.sigmoid(beta * logratios))  # fmt: skip
+    return losses, _metrics(policy_logps, logratios, labels, torch.zeros((), dtype=policy_logps.dtype), beta)
+
+
+# The unpaired losses by name (`preftune kto --loss`); only "kto" needs the KL estimate.
+KTO_LOSSES = {"kto": kto_loss, "apo_zero_unpaired": apo_zero_unpaired_loss}
+NEEDS_KL_ESTIMATE = {"kto"}
 
 
 def _metrics(policy_logps: torch.Tensor, logratios: torch.Tensor, labels: torch.Tensor, z0: torch.Tensor, beta: float) -> Metrics:

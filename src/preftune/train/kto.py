@@ -28,7 +28,7 @@ from ..config import ConfigError, KTOConfig
 from ..data.batching import collate_unpaired
 from ..data.tokenize import PairTokenizer
 from ..data.unpaired import read_unpaired
-from ..losses.kto import kto_kl_estimate, kto_loss
+from ..losses.kto import KTO_LOSSES, NEEDS_KL_ESTIMATE, kto_kl_estimate
 from ..models.load import load_policy
 from ..models.logprobs import batch_logprobs
 from ..runlog import RunLog
@@ -59,11 +59,11 @@ class MetricMeans:
 
     def add(self, metrics: dict[str, float], labels: torch.Tensor) -> None:
         desirable = int(labels.sum())
+        # How many examples each metric is a mean over: its group's, or (None) the whole batch's.
+        sizes = {True: desirable, False: len(labels) - desirable, None: len(labels)}
         for name, value in metrics.items():
-            weight = 1.0 if name == "num_tokens" else float(
-                desirable if GROUP_OF.get(name) is True else len(labels) - desirable if GROUP_OF.get(name) is False else len(labels)
-            )  # fmt: skip
-            self.sums[name] = self.sums.get(name, 0.0) + value * (1.0 if name == "num_tokens" else weight)
+            weight = 1.0 if name == "num_tokens" else float(sizes[GROUP_OF.get(name)])  # a count is summed
+            self.sums[name] = self.sums.get(name, 0.0) + value * weight
             self.weights[name] = self.weights.get(name, 0.0) + weight
 
     def result(self) -> dict[str, float]:
@@ -93,7 +93,7 @@ def train_kto(config: KTOConfig, show_progress: bool | None = None) -> Path:
     precision, precision_reason = common.choose_precision(device, config.precision)
     common.seed_everything(config.seed)
     out = Path(config.out)
-    print(f"kto: beta={config.beta} desirable_weight={config.desirable_weight} undesirable_weight={config.undesirable_weight} ref={ref_mode} device={device} precision={precision} ({precision_reason}) batching={config.batching}", file=sys.stderr)
+    print(f"kto: loss={config.loss} beta={config.beta} desirable_weight={config.desirable_weight} undesirable_weight={config.undesirable_weight} ref={ref_mode} device={device} precision={precision} ({precision_reason}) batching={config.batching}", file=sys.stderr)
 
     # -- model, data, tokens -----------------------------------------------------------------
     policy, tokenizer = load_model_for_training(config, device)
@@ -144,13 +144,16 @@ def train_kto(config: KTOConfig, show_progress: bool | None = None) -> Path:
         batch = collate_unpaired([tokens[i] for i in indices], pad_id, config.max_length, config.batching, config.pack_length).to(device)
         # z0: the KL estimate on mismatched pairs, without gradient (as TRL), averaged over ranks
         # before losses/kto.py clamps it, so every rank uses the same reference point.
-        with torch.no_grad(), autocast():
-            policy_kl = runner(batch_logprobs, policy, batch.kl_sequences)[0]
-        kl_estimate = kto_kl_estimate(policy_kl.float(), reference_logps(batch.kl_sequences).float())
-        kl_estimate = torch.tensor(distributed.mean_over_ranks(float(kl_estimate)), device=device)
+        # (apo_zero_unpaired has no reference point: no KL forwards.)
+        kl_estimate = torch.zeros((), device=device)
+        if config.loss in NEEDS_KL_ESTIMATE:
+            with torch.no_grad(), autocast():
+                policy_kl = runner(batch_logprobs, policy, batch.kl_sequences)[0]
+            kl_estimate = kto_kl_estimate(policy_kl.float(), reference_logps(batch.kl_sequences).float())
+            kl_estimate = torch.tensor(distributed.mean_over_ranks(float(kl_estimate)), device=device)
         with autocast():
             policy_logps = runner(batch_logprobs, policy, batch.sequences)[0]
-        losses, metrics = kto_loss(
+        losses, metrics = KTO_LOSSES[config.loss](
             policy_logps.float(), reference_logps(batch.sequences).float(), batch.labels, kl_estimate,
             beta=config.beta, desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight,
         )  # fmt: skip
