@@ -170,7 +170,7 @@ def main() -> None:
     model, tokenizer = load_scalar_model(run / "final")
     model.requires_grad_(False)
     device = torch.device("cpu")
-    precision = common.pick_precision(device, config.precision)
+    precision, _ = common.choose_precision(device, config.precision)
     with common.autocast(device, precision):  # score in the precision it trained in
         gaps = pair_gaps(model, tokenizer, test, batch_size=args.score_batch, max_length=config.max_length,
                          max_prompt_length=config.max_prompt_length, source=str(out / "test_pairs.jsonl")).tolist()  # fmt: skip
