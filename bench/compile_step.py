@@ -68,7 +68,7 @@ def make_batches(tokenizer, pairs: int, batches: int, max_length: int):
     ]  # fmt: skip
 
 
-def dpo_step(policy, reference, batch, precision: str) -> float:
+def dpo_step(policy, reference, batch, precision: str, checkpointing: str = "off") -> float:
     """One training step's work (no optimizer update: the same for every variant); its seconds."""
     import torch
 
@@ -78,7 +78,7 @@ def dpo_step(policy, reference, batch, precision: str) -> float:
 
     start = time.perf_counter()
     device = torch.device("cpu")
-    with autocast(device, precision):
+    with autocast(device, precision, checkpointing):
         ours = pair_logprobs(policy, batch)
         with torch.no_grad():
             ref = pair_logprobs(reference, batch)
@@ -137,7 +137,7 @@ def set_code_paths(variant: str) -> None:
     )
 
 
-def count_weight_casts(policy, reference, batch, precision: str) -> int:
+def count_weight_casts(policy, reference, batch, precision: str, checkpointing: str) -> int:
     """fp32 -> bf16 copies of parameters during one step (autocast's weight casts)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -155,7 +155,7 @@ def count_weight_casts(policy, reference, batch, precision: str) -> int:
             return func(*args, **kwargs)
 
     with Count():
-        dpo_step(policy, reference, batch, precision)
+        dpo_step(policy, reference, batch, precision, checkpointing)
     return casts[0]
 
 
@@ -234,11 +234,13 @@ def main() -> None:
             policy, reference, tokenizer = load_models(args.model)
             batches = make_batches(tokenizer, args.pairs, args.batches, args.max_length)
             apply_variant(variant, policy, reference)
-            first = dpo_step(policy, reference, batches[0], precision)
-            seconds = [dpo_step(policy, reference, batches[(i + 1) % len(batches)], precision) for i in range(args.steps)]
+            checkpointing = {"ckpt_full": "full", "ckpt_selective": "selective"}.get(variant, "off")
+            first = dpo_step(policy, reference, batches[0], precision, checkpointing)
+            seconds = [dpo_step(policy, reference, batches[(i + 1) % len(batches)], precision, checkpointing)
+                       for i in range(args.steps)]  # fmt: skip
             # Compiled code casts inside its kernels, out of the dispatcher's sight: counted in eager only.
             counted = precision == "bf16" and not variant.startswith("compile")
-            casts = count_weight_casts(policy, reference, batches[0], precision) if counted else 0
+            casts = count_weight_casts(policy, reference, batches[0], precision, checkpointing) if counted else 0
             rows.append((label, variant, first, seconds, casts))
             print(f"  {label} {variant}: first {first:.2f} s, timed {', '.join(f'{s:.2f}' for s in seconds)}",
                   file=sys.stderr, flush=True)  # fmt: skip

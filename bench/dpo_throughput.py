@@ -123,7 +123,8 @@ def _warm_up(model) -> None:
     """One forward/backward on a short input: thread pools, allocator and lazy init, untimed."""
     import torch
 
-    ids = torch.randint(3, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    high = min(1000, model.config.vocab_size)  # a small test model has a small vocabulary
+    ids = torch.randint(3, high, (2, 64), generator=torch.Generator().manual_seed(0))
     ids = ids.to(next(model.parameters()).device)  # --device cuda: warm up the GPU, not the CPU
     model.train()
     model(input_ids=ids, labels=ids).loss.backward()

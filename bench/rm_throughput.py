@@ -155,7 +155,8 @@ def worker_trl(args) -> dict:
 def _warm_up_classifier(model) -> None:
     import torch
 
-    ids = torch.randint(3, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    high = min(1000, model.config.vocab_size)  # a small test model has a small vocabulary
+    ids = torch.randint(3, high, (2, 64), generator=torch.Generator().manual_seed(0))
     model.train()
     model(input_ids=ids).logits.sum().backward()
     model.zero_grad(set_to_none=True)

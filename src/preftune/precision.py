@@ -67,8 +67,15 @@ def choose_precision(device: torch.device, requested: str = "auto") -> tuple[str
     return "fp32", "auto: this CPU has no bf16 units"
 
 
-def autocast(device: torch.device, precision: str):
-    """The context the forward passes run in: bf16 autocast (weights stay fp32) or nothing."""
+def autocast(device: torch.device, precision: str, checkpointing: str = "off"):
+    """The context the forward passes run in: bf16 autocast (weights stay fp32) or nothing.
+
+    Under `--activation-checkpointing selective`, autocast's cache of bf16 weight copies is off:
+    with it, a block run a second time in one autocast region (the next row group of a batch)
+    finds its weights already cast, and its backward recomputation, which starts with an empty
+    cache, casts them again, so PyTorch's selective checkpointing sees ops the forward did not
+    record and stops with "aten._to_copy.default ... not found in storage". Without the cache every
+    use casts its weight: one cast of the weights per row group, small next to the matmuls."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=checkpointing != "selective")
     return nullcontext()

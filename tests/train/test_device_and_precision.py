@@ -179,3 +179,27 @@ def test_cpu_device_keeps_freed_memory_in_the_heap():
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+
+def test_selective_checkpointing_in_bf16_over_several_row_groups(shared_data, tmp_path):
+    """Regression: with autocast's weight cache on, the second row group's blocks found their
+    weights already cast, their backward recomputation cast them again, and selective
+    checkpointing stopped ("aten._to_copy.default ... not found in storage"). It now runs, and
+    gives the numbers of the same bf16 run without checkpointing."""
+    from preftune.config import DPOConfig, resolve_config
+    from preftune.data.formats import read_pairs
+    from preftune.data.schema import write_jsonl
+    from preftune.runlog import read_metrics
+    from preftune.train.dpo import train_dpo
+
+    write_jsonl(read_pairs(shared_data / "dpo_en_demo.json")[0][:4], tmp_path / "pairs.jsonl")
+    rows = {}
+    for mode in ("off", "selective"):
+        settings = dict(model="tiny", data=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / mode), batch_size=2,
+                        max_steps=2, max_length=256, max_prompt_length=192, precision="bf16", seed=0,
+                        activation_checkpointing=mode)  # fmt: skip
+        rows[mode] = [r for r in read_metrics(train_dpo(resolve_config(DPOConfig, None, settings), show_progress=False)) if "loss" in r]  # fmt: skip
+    assert len(rows["selective"]) == len(rows["off"]) == 2
+    for off, selective in zip(rows["off"], rows["selective"], strict=True):
+        for name in ("loss", "logps/chosen", "logps/rejected", "grad_norm"):
+            assert selective[name] == pytest.approx(off[name], rel=1e-4), name

@@ -65,7 +65,7 @@ def train_dpo(config: DPOConfig, show_progress: bool | None = None) -> Path:
     train_pairs, eval_pairs = load_pair_splits(config)
     train_tokens, eval_tokens, truncation = tokenize_pairs(config, tokenizer, train_pairs, eval_pairs)
     pad_id = tokenizer.pad_token_id
-    autocast = lambda: common.autocast(device, precision)  # noqa: E731
+    autocast = lambda: common.autocast(device, precision, config.activation_checkpointing)  # noqa: E731
 
     # -- reference ----------------------------------------------------------------------------
     def make_reference(tokens, split):

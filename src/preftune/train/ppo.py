@@ -150,7 +150,7 @@ def train_ppo(
     )
     print(f"ppo: reward={config.reward if reward_fn is None else 'python callable'} {control} estimator={config.kl_estimator} "
           f"value={config.value} device={device} precision={precision} ({precision_reason})", file=sys.stderr)  # fmt: skip
-    autocast = lambda: common.autocast(device, precision)  # noqa: E731
+    autocast = lambda: common.autocast(device, precision, config.activation_checkpointing)  # noqa: E731
 
     # -- prompts, reward, models --------------------------------------------------------------
     train_prompts, eval_prompts = load_prompt_splits(config)

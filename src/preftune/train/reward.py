@@ -88,7 +88,7 @@ def train_reward_model(config: RMConfig, show_progress: bool | None = None) -> P
     train_pairs, eval_pairs = load_pair_splits(config)
     train_tokens, eval_tokens, truncation = tokenize_pairs(config, tokenizer, train_pairs, eval_pairs)
     pad_id = tokenizer.pad_token_id
-    autocast = lambda: common.autocast(device, precision)  # noqa: E731
+    autocast = lambda: common.autocast(device, precision, config.activation_checkpointing)  # noqa: E731
     runner = distributed.wrap_model(model, config, device, precision)  # DDP / FSDP under torchrun
 
     def rewards_of(tokens: list[TokenizedPair], indices: list[int]):

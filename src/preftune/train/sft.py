@@ -49,7 +49,7 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
 
     def forward(rows, indices):
         batch = collate_sequences([rows[i] for i in indices], pad_id).to(device)
-        with common.autocast(device, precision):
+        with common.autocast(device, precision, config.activation_checkpointing):
             logps, counts = runner(batch_logprobs, policy, batch)
         # Token-weighted mean NLL over the micro-batch: every response token counts the same, on
         # every rank too (the share of all ranks' tokens; exactly counts.sum() in one process).
