@@ -3,8 +3,8 @@
     python bench/online_rl.py [--iterations 30] [--test 200] [--out runs/bench-online-rl]
     python bench/online_rl.py --tiny          # a smoke run of every step with the in-process tiny model
 
-1. Task: the package's arithmetic word problems (`data/arithmetic.py`): training prompts from the
-   train split, held-out accuracy on the test split (`--test` problems), which shares no question.
+1. Task: the package's arithmetic word problems (`data/arithmetic.py`), at the easy level by default
+   (`--task arithmetic-easy`: single-digit operands): training prompts from the train split, held-out accuracy on the test split (`--test` problems), which shares no question.
 2. Before: SmolLM2-135M-Instruct answers every held-out problem greedily (top-k 1, so one number per
    problem, no sampling noise); accuracy = exact-match rate, with its 95% Wilson interval.
 3. Each method trains from the same start with the same sample budget: --iterations x
@@ -69,7 +69,7 @@ def train(method: str, args, out: Path) -> dict:
 
     trainer, extra = METHODS[method]
     completions = args.prompts_per_iteration * args.num_generations  # per iteration, every method
-    shared = dict(model=args.model, prompts=f"task:arithmetic:train:{args.train}", eval_data=f"task:arithmetic:test:{args.eval_prompts}",
+    shared = dict(model=args.model, prompts=f"task:{args.task}:train:{args.train}", eval_data=f"task:{args.task}:test:{args.eval_prompts}",
                   reward=args.reward, out=str(out), overwrite=True, iterations=args.iterations, eval_every=args.eval_every,
                   max_new_tokens=args.max_new_tokens, lr=args.lr, scheduler="constant", kl_coef=args.kl_coef, seed=0,
                   max_prompt_length=128)  # fmt: skip
@@ -133,18 +133,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--task", default="arithmetic-easy", choices=["arithmetic", "arithmetic-easy"],
+                        help="the built-in task (easy: single-digit operands, where a 135M model's sums are often right)")
+    parser.add_argument("--iterations", type=int, default=24)
     parser.add_argument("--prompts-per-iteration", type=int, default=4)
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--kl-coef", type=float, default=0.04)
     parser.add_argument("--reward", default="exact_match,format")
     parser.add_argument("--train", type=int, default=2000, help="training problems")
     parser.add_argument("--test", type=int, default=200, help="held-out problems for the greedy accuracy")
-    parser.add_argument("--eval-prompts", type=int, default=48, help="held-out problems for the curves")
-    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-prompts", type=int, default=32, help="held-out problems for the curves")
+    parser.add_argument("--eval-every", type=int, default=8)
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-online-rl"))
     parser.add_argument("--tiny", action="store_true", help="smoke run: the tiny model, 2 iterations, few problems")
     parser.add_argument("--write", default=str(REPO / "bench"), help="folder for online_rl.md / .svg / .json")
@@ -163,7 +165,7 @@ def main() -> None:
         model, tokenizer = load_policy(args.model, device="cpu", seed=0)
         save_model(model, tokenizer, base)
     args.model = str(base)
-    held_out = problems("test", args.test)
+    held_out = problems("test", args.test, difficulty="easy" if args.task.endswith("-easy") else "normal")
     samples = args.iterations * args.prompts_per_iteration * args.num_generations
     results = {"settings": vars(args) | {"samples": samples}, "before": greedy_accuracy(str(base), held_out, args.max_new_tokens, 32),
                "methods": {}}  # fmt: skip
@@ -176,12 +178,13 @@ def main() -> None:
         result["after"] = greedy_accuracy(str(run / "final"), held_out, args.max_new_tokens, 32)
         results["methods"][method] = result
         print(f"{method}: after {result['after']['accuracy']:.3f} {result['after']['ci95']} in {result['seconds']:.0f} s", flush=True)
-    write = Path(args.write)
-    stem = "online_rl_smoke" if args.tiny else "online_rl"
-    (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    figures(results, write / f"{stem}.svg")
-    report(results, write / f"{stem}.md")
-    print(f"wrote {write / stem}.md, .svg, .json", flush=True)
+        # Written after every method, so a long run that is stopped keeps what it has measured.
+        write = Path(args.write)
+        stem = "online_rl_smoke" if args.tiny else "online_rl"
+        (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
+        figures(results, write / f"{stem}.svg")
+        report(results, write / f"{stem}.md")
+        print(f"wrote {write / stem}.md, .svg, .json", flush=True)
 
 
 if __name__ == "__main__":
