@@ -63,7 +63,6 @@ def greedy_accuracy(model_dir: str, problems, max_new_tokens: int, batch_size: i
 
 def train(method: str, args, out: Path) -> dict:
     from preftune.config import GRPOConfig, PPOConfig, resolve_config
-    from preftune.runlog import read_metrics
     from preftune.train.grpo import train_grpo
     from preftune.train.ppo import train_ppo
 
@@ -81,17 +80,24 @@ def train(method: str, args, out: Path) -> dict:
     else:
         settings = shared | dict(rollout_batch=completions, batch_size=args.batch_size) | extra
         train_ppo(resolve_config(PPOConfig, None, settings), show_progress=False)
-    rows = read_metrics(out)
+    return curves(out) | {"seconds": time.perf_counter() - started, "samples": completions * args.iterations}
+
+
+def curves(out: Path) -> dict:
+    """Training and held-out curves from a run's metrics.jsonl, against KL and cumulative training seconds."""
+    from preftune.runlog import read_metrics
+
     clock, train_curve, eval_curve = 0.0, [], []
-    for row in rows:
+    for row in read_metrics(out):
         clock += row.get("time/iteration", 0.0)
         if "time/iteration" in row:
             train_curve.append({"step": row["step"], "seconds": clock, "kl": row.get("objective/kl", 0.0),
                                 "reward": row.get("reward", row.get("objective/scores"))})  # fmt: skip
         if "eval/scores" in row:
-            eval_curve.append({"step": row["step"], "seconds": clock, "kl": row["eval/kl"], "reward": row["eval/scores"]})
-    return {"train": train_curve, "eval": eval_curve, "seconds": time.perf_counter() - started,
-            "samples": completions * args.iterations}  # fmt: skip
+            # accuracy: the exact-match part of the held-out reward (sampled at T=1), where the trainer logs it
+            eval_curve.append({"step": row["step"], "seconds": clock, "kl": row["eval/kl"], "reward": row["eval/scores"],
+                               "accuracy": row.get("eval/rewards/exact_match/mean")})  # fmt: skip
+    return {"train": train_curve, "eval": eval_curve}
 
 
 def figures(results: dict, path: Path) -> None:
@@ -102,11 +108,14 @@ def figures(results: dict, path: Path) -> None:
         Panel("Held-out reward vs wall time", "training seconds", "held-out reward (T=1)"),
         Panel("Training reward vs KL", "KL at rollout, nats", "training reward"),
         Panel("Training reward vs wall time", "training seconds", "training reward"),
+        Panel("Held-out accuracy vs KL", "KL(policy || base), nats", "exact-match rate (T=1)"),
+        Panel("Held-out accuracy vs wall time", "training seconds", "exact-match rate (T=1)"),
     ]
     for method, result in results["methods"].items():
-        for panel, curve, x in ((0, "eval", "kl"), (1, "eval", "seconds"), (2, "train", "kl"), (3, "train", "seconds")):
-            points = result[curve]
-            panels[panel].series.append(Series(method, [p[x] for p in points], [p["reward"] for p in points]))
+        for panel, curve, x, y in ((0, "eval", "kl", "reward"), (1, "eval", "seconds", "reward"), (2, "train", "kl", "reward"),
+                                   (3, "train", "seconds", "reward"), (4, "eval", "kl", "accuracy"), (5, "eval", "seconds", "accuracy")):  # fmt: skip
+            points = [p for p in result[curve] if p.get(y) is not None]
+            panels[panel].series.append(Series(method, [p[x] for p in points], [p[y] for p in points]))
     path.write_text(render(panels))
 
 
@@ -117,14 +126,14 @@ def report(results: dict, path: Path) -> None:
         f"Model {results['settings']['model']}; {results['settings']['iterations']} iterations x "
         f"{results['settings']['prompts_per_iteration']} prompts x {results['settings']['num_generations']} completions "
         f"= {results['settings']['samples']} samples per method; reward {results['settings']['reward']}.", "",
-        "| model | greedy held-out accuracy | 95% CI | n | training seconds |", "|---|---|---|---|---|",
-        f"| base | {before['accuracy']:.3f} | [{before['ci95'][0]:.3f}, {before['ci95'][1]:.3f}] | {before['n']} | - |",
+        "| model | greedy held-out accuracy | 95% CI | n | final held-out KL (nats) | training seconds |", "|---|---|---|---|---|---|",
+        f"| base | {before['accuracy']:.3f} | [{before['ci95'][0]:.3f}, {before['ci95'][1]:.3f}] | {before['n']} | 0 | - |",
     ]  # fmt: skip
     for method, result in results["methods"].items():
         after = result["after"]
         above = " (above the base CI)" if after["ci95"][0] > before["ci95"][1] else ""
         lines.append(f"| {method} | {after['accuracy']:.3f}{above} | [{after['ci95'][0]:.3f}, {after['ci95'][1]:.3f}] | "
-                     f"{after['n']} | {result['seconds']:.0f} |")  # fmt: skip
+                     f"{after['n']} | {result['eval'][-1]['kl'] if result['eval'] else float('nan'):.2f} | {result['seconds']:.0f} |")  # fmt: skip
     lines += ["", "![reward against KL and wall time](online_rl.svg)", ""]
     path.write_text("\n".join(lines))
 
@@ -150,7 +159,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-online-rl"))
     parser.add_argument("--tiny", action="store_true", help="smoke run: the tiny model, 2 iterations, few problems")
     parser.add_argument("--write", default=str(REPO / "bench"), help="folder for online_rl.md / .svg / .json")
+    parser.add_argument("--replot", action="store_true", help="redraw online_rl.svg / .md from online_rl.json and the runs' metrics")
     args = parser.parse_args()
+    if args.replot:  # figures only: the curves re-read from each run's metrics.jsonl, the accuracies kept
+        write, out, stem = Path(args.write), Path(args.out), "online_rl_smoke" if args.tiny else "online_rl"
+        results = json.loads((write / f"{stem}.json").read_text())
+        for method, result in results["methods"].items():
+            result |= curves(out / method.lower().replace(". ", "_").replace(" ", "_"))
+        (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
+        figures(results, write / f"{stem}.svg")
+        report(results, write / f"{stem}.md")
+        return
     if args.tiny:
         args.model, args.iterations, args.train, args.test, args.eval_prompts, args.eval_every = "tiny", 2, 16, 8, 4, 1
         args.prompts_per_iteration, args.num_generations, args.batch_size, args.max_new_tokens = 2, 2, 4, 4
