@@ -1,10 +1,12 @@
 """RL with verifiable rewards on a 135M model on this CPU: GRPO, Dr. GRPO, RLOO and PPO at one sample budget.
 
-    python bench/online_rl.py [--iterations 30] [--test 200] [--out runs/bench-online-rl]
+    python bench/online_rl.py [--iterations 24] [--test 200] [--out runs/bench-online-rl]
+    python bench/online_rl.py --replot   # redraw the figures from online_rl.json and the runs' metrics
     python bench/online_rl.py --tiny          # a smoke run of every step with the in-process tiny model
 
 1. Task: the package's arithmetic word problems (`data/arithmetic.py`), at the easy level by default
-   (`--task arithmetic-easy`: single-digit operands): training prompts from the train split, held-out accuracy on the test split (`--test` problems), which shares no question.
+   (`--task arithmetic-easy`: single-digit operands): training prompts from the train split,
+   held-out accuracy on the test split (`--test` problems), which shares no question.
 2. Before: SmolLM2-135M-Instruct answers every held-out problem greedily (top-k 1, so one number per
    problem, no sampling noise); accuracy = exact-match rate, with its 95% Wilson interval.
 3. Each method trains from the same start with the same sample budget: --iterations x
@@ -12,12 +14,14 @@
    iteration, one per prompt, over as many prompts). Reward: `exact_match,format` by default (the
    format reward is the dense signal: base SmolLM2 writes sentences and was 2/40 correct greedily
    at 16 tokens in a smoke check here, so exact match alone leaves most groups with zero spread).
+   Caution, measured (bench/README.md): at lr 2e-5 GRPO hacks the format reward, answering "1" to
+   every problem; the defaults are a record of that run, not settings that are known to work.
    Every --eval-every iterations each trainer evaluates on
    --eval-prompts held-out problems at temperature 1: held-out reward and KL(policy || base)
    (k1 summed over the completion, the same estimator for all four).
 4. After: the same greedy accuracy for each method's final model, with its interval.
-5. Figures: held-out reward against KL and against training wall time (rollout + update, no eval),
-   and the training reward against both; `online_rl.svg` and `online_rl.md` beside this file.
+5. Figures: held-out reward and held-out exact-match rate (T=1) against KL and against training
+   wall time (rollout + update, no eval), and the training reward against both; `online_rl.svg` and `online_rl.md` beside this file.
 """
 
 from __future__ import annotations
