@@ -124,6 +124,7 @@ def figures(results: dict, path: Path) -> None:
 
 
 def report(results: dict, path: Path) -> None:
+    """The table of `results`, written to `path` (a .md), with the figure of the same stem beside it."""
     before = results["before"]
     lines = [
         "# Online RL on verifiable arithmetic (bench/online_rl.py)", "",
@@ -138,7 +139,7 @@ def report(results: dict, path: Path) -> None:
         above = " (above the base CI)" if after["ci95"][0] > before["ci95"][1] else ""
         lines.append(f"| {method} | {after['accuracy']:.3f}{above} | [{after['ci95'][0]:.3f}, {after['ci95'][1]:.3f}] | "
                      f"{after['n']} | {result['eval'][-1]['kl'] if result['eval'] else float('nan'):.2f} | {result['seconds']:.0f} |")  # fmt: skip
-    lines += ["", "![reward against KL and wall time](online_rl.svg)", ""]
+    lines += ["", f"![reward against KL and wall time]({path.with_suffix('.svg').name})", ""]
     path.write_text("\n".join(lines))
 
 
@@ -164,9 +165,10 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="smoke run: the tiny model, 2 iterations, few problems")
     parser.add_argument("--write", default=str(REPO / "bench"), help="folder for online_rl.md / .svg / .json")
     parser.add_argument("--replot", action="store_true", help="redraw online_rl.svg / .md from online_rl.json and the runs' metrics")
+    parser.add_argument("--name", default="online_rl", help="stem of the files in --write (another name keeps an earlier run's record)")
     args = parser.parse_args()
     if args.replot:  # figures only: the curves re-read from each run's metrics.jsonl, the accuracies kept
-        write, out, stem = Path(args.write), Path(args.out), "online_rl_smoke" if args.tiny else "online_rl"
+        write, out, stem = Path(args.write), Path(args.out), f"{args.name}_smoke" if args.tiny else args.name
         results = json.loads((write / f"{stem}.json").read_text())
         for method, result in results["methods"].items():
             result |= curves(out / method.lower().replace(". ", "_").replace(" ", "_"))
@@ -203,7 +205,7 @@ def main() -> None:
         print(f"{method}: after {result['after']['accuracy']:.3f} {result['after']['ci95']} in {result['seconds']:.0f} s", flush=True)
         # Written after every method, so a long run that is stopped keeps what it has measured.
         write = Path(args.write)
-        stem = "online_rl_smoke" if args.tiny else "online_rl"
+        stem = f"{args.name}_smoke" if args.tiny else args.name
         (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
         figures(results, write / f"{stem}.svg")
         report(results, write / f"{stem}.md")
