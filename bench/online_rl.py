@@ -1,10 +1,12 @@
 """RL with verifiable rewards on a 135M model on this CPU: GRPO, Dr. GRPO, RLOO and PPO at one sample budget.
 
-    python bench/online_rl.py [--iterations 30] [--test 200] [--out runs/bench-online-rl]
+    python bench/online_rl.py [--iterations 24] [--test 200] [--out runs/bench-online-rl]
+    python bench/online_rl.py --replot   # redraw the figures from online_rl.json and the runs' metrics
     python bench/online_rl.py --tiny          # a smoke run of every step with the in-process tiny model
 
-1. Task: the package's arithmetic word problems (`data/arithmetic.py`): training prompts from the
-   train split, held-out accuracy on the test split (`--test` problems), which shares no question.
+1. Task: the package's arithmetic word problems (`data/arithmetic.py`), at the easy level by default
+   (`--task arithmetic-easy`: single-digit operands): training prompts from the train split,
+   held-out accuracy on the test split (`--test` problems), which shares no question.
 2. Before: SmolLM2-135M-Instruct answers every held-out problem greedily (top-k 1, so one number per
    problem, no sampling noise); accuracy = exact-match rate, with its 95% Wilson interval.
 3. Each method trains from the same start with the same sample budget: --iterations x
@@ -12,12 +14,14 @@
    iteration, one per prompt, over as many prompts). Reward: `exact_match,format` by default (the
    format reward is the dense signal: base SmolLM2 writes sentences and was 2/40 correct greedily
    at 16 tokens in a smoke check here, so exact match alone leaves most groups with zero spread).
+   Caution, measured (bench/README.md): at lr 2e-5 GRPO hacks the format reward, answering "1" to
+   every problem; the defaults are a record of that run, not settings that are known to work.
    Every --eval-every iterations each trainer evaluates on
    --eval-prompts held-out problems at temperature 1: held-out reward and KL(policy || base)
    (k1 summed over the completion, the same estimator for all four).
 4. After: the same greedy accuracy for each method's final model, with its interval.
-5. Figures: held-out reward against KL and against training wall time (rollout + update, no eval),
-   and the training reward against both; `online_rl.svg` and `online_rl.md` beside this file.
+5. Figures: held-out reward and held-out exact-match rate (T=1) against KL and against training
+   wall time (rollout + update, no eval), and the training reward against both; `online_rl.svg` and `online_rl.md` beside this file.
 """
 
 from __future__ import annotations
@@ -63,13 +67,12 @@ def greedy_accuracy(model_dir: str, problems, max_new_tokens: int, batch_size: i
 
 def train(method: str, args, out: Path) -> dict:
     from preftune.config import GRPOConfig, PPOConfig, resolve_config
-    from preftune.runlog import read_metrics
     from preftune.train.grpo import train_grpo
     from preftune.train.ppo import train_ppo
 
     trainer, extra = METHODS[method]
     completions = args.prompts_per_iteration * args.num_generations  # per iteration, every method
-    shared = dict(model=args.model, prompts=f"task:arithmetic:train:{args.train}", eval_data=f"task:arithmetic:test:{args.eval_prompts}",
+    shared = dict(model=args.model, prompts=f"task:{args.task}:train:{args.train}", eval_data=f"task:{args.task}:test:{args.eval_prompts}",
                   reward=args.reward, out=str(out), overwrite=True, iterations=args.iterations, eval_every=args.eval_every,
                   max_new_tokens=args.max_new_tokens, lr=args.lr, scheduler="constant", kl_coef=args.kl_coef, seed=0,
                   max_prompt_length=128)  # fmt: skip
@@ -81,17 +84,24 @@ def train(method: str, args, out: Path) -> dict:
     else:
         settings = shared | dict(rollout_batch=completions, batch_size=args.batch_size) | extra
         train_ppo(resolve_config(PPOConfig, None, settings), show_progress=False)
-    rows = read_metrics(out)
+    return curves(out) | {"seconds": time.perf_counter() - started, "samples": completions * args.iterations}
+
+
+def curves(out: Path) -> dict:
+    """Training and held-out curves from a run's metrics.jsonl, against KL and cumulative training seconds."""
+    from preftune.runlog import read_metrics
+
     clock, train_curve, eval_curve = 0.0, [], []
-    for row in rows:
+    for row in read_metrics(out):
         clock += row.get("time/iteration", 0.0)
         if "time/iteration" in row:
             train_curve.append({"step": row["step"], "seconds": clock, "kl": row.get("objective/kl", 0.0),
                                 "reward": row.get("reward", row.get("objective/scores"))})  # fmt: skip
         if "eval/scores" in row:
-            eval_curve.append({"step": row["step"], "seconds": clock, "kl": row["eval/kl"], "reward": row["eval/scores"]})
-    return {"train": train_curve, "eval": eval_curve, "seconds": time.perf_counter() - started,
-            "samples": completions * args.iterations}  # fmt: skip
+            # accuracy: the exact-match part of the held-out reward (sampled at T=1), where the trainer logs it
+            eval_curve.append({"step": row["step"], "seconds": clock, "kl": row["eval/kl"], "reward": row["eval/scores"],
+                               "accuracy": row.get("eval/rewards/exact_match/mean")})  # fmt: skip
+    return {"train": train_curve, "eval": eval_curve}
 
 
 def figures(results: dict, path: Path) -> None:
@@ -102,30 +112,34 @@ def figures(results: dict, path: Path) -> None:
         Panel("Held-out reward vs wall time", "training seconds", "held-out reward (T=1)"),
         Panel("Training reward vs KL", "KL at rollout, nats", "training reward"),
         Panel("Training reward vs wall time", "training seconds", "training reward"),
+        Panel("Held-out accuracy vs KL", "KL(policy || base), nats", "exact-match rate (T=1)"),
+        Panel("Held-out accuracy vs wall time", "training seconds", "exact-match rate (T=1)"),
     ]
     for method, result in results["methods"].items():
-        for panel, curve, x in ((0, "eval", "kl"), (1, "eval", "seconds"), (2, "train", "kl"), (3, "train", "seconds")):
-            points = result[curve]
-            panels[panel].series.append(Series(method, [p[x] for p in points], [p["reward"] for p in points]))
+        for panel, curve, x, y in ((0, "eval", "kl", "reward"), (1, "eval", "seconds", "reward"), (2, "train", "kl", "reward"),
+                                   (3, "train", "seconds", "reward"), (4, "eval", "kl", "accuracy"), (5, "eval", "seconds", "accuracy")):  # fmt: skip
+            points = [p for p in result[curve] if p.get(y) is not None]
+            panels[panel].series.append(Series(method, [p[x] for p in points], [p[y] for p in points]))
     path.write_text(render(panels))
 
 
 def report(results: dict, path: Path) -> None:
+    """The table of `results`, written to `path` (a .md), with the figure of the same stem beside it."""
     before = results["before"]
     lines = [
         "# Online RL on verifiable arithmetic (bench/online_rl.py)", "",
         f"Model {results['settings']['model']}; {results['settings']['iterations']} iterations x "
         f"{results['settings']['prompts_per_iteration']} prompts x {results['settings']['num_generations']} completions "
         f"= {results['settings']['samples']} samples per method; reward {results['settings']['reward']}.", "",
-        "| model | greedy held-out accuracy | 95% CI | n | training seconds |", "|---|---|---|---|---|",
-        f"| base | {before['accuracy']:.3f} | [{before['ci95'][0]:.3f}, {before['ci95'][1]:.3f}] | {before['n']} | - |",
+        "| model | greedy held-out accuracy | 95% CI | n | final held-out KL (nats) | training seconds |", "|---|---|---|---|---|---|",
+        f"| base | {before['accuracy']:.3f} | [{before['ci95'][0]:.3f}, {before['ci95'][1]:.3f}] | {before['n']} | 0 | - |",
     ]  # fmt: skip
     for method, result in results["methods"].items():
         after = result["after"]
         above = " (above the base CI)" if after["ci95"][0] > before["ci95"][1] else ""
         lines.append(f"| {method} | {after['accuracy']:.3f}{above} | [{after['ci95'][0]:.3f}, {after['ci95'][1]:.3f}] | "
-                     f"{after['n']} | {result['seconds']:.0f} |")  # fmt: skip
-    lines += ["", "![reward against KL and wall time](online_rl.svg)", ""]
+                     f"{after['n']} | {result['eval'][-1]['kl'] if result['eval'] else float('nan'):.2f} | {result['seconds']:.0f} |")  # fmt: skip
+    lines += ["", f"![reward against KL and wall time]({path.with_suffix('.svg').name})", ""]
     path.write_text("\n".join(lines))
 
 
@@ -133,22 +147,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--task", default="arithmetic-easy", choices=["arithmetic", "arithmetic-easy"],
+                        help="the built-in task (easy: single-digit operands, where a 135M model's sums are often right)")
+    parser.add_argument("--iterations", type=int, default=24)
     parser.add_argument("--prompts-per-iteration", type=int, default=4)
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--kl-coef", type=float, default=0.04)
     parser.add_argument("--reward", default="exact_match,format")
     parser.add_argument("--train", type=int, default=2000, help="training problems")
     parser.add_argument("--test", type=int, default=200, help="held-out problems for the greedy accuracy")
-    parser.add_argument("--eval-prompts", type=int, default=48, help="held-out problems for the curves")
-    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-prompts", type=int, default=32, help="held-out problems for the curves")
+    parser.add_argument("--eval-every", type=int, default=8)
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-online-rl"))
     parser.add_argument("--tiny", action="store_true", help="smoke run: the tiny model, 2 iterations, few problems")
     parser.add_argument("--write", default=str(REPO / "bench"), help="folder for online_rl.md / .svg / .json")
+    parser.add_argument("--replot", action="store_true", help="redraw online_rl.svg / .md from online_rl.json and the runs' metrics")
+    parser.add_argument("--name", default="online_rl", help="stem of the files in --write (another name keeps an earlier run's record)")
     args = parser.parse_args()
+    if args.replot:  # figures only: the curves re-read from each run's metrics.jsonl, the accuracies kept
+        write, out, stem = Path(args.write), Path(args.out), f"{args.name}_smoke" if args.tiny else args.name
+        results = json.loads((write / f"{stem}.json").read_text())
+        for method, result in results["methods"].items():
+            result |= curves(out / method.lower().replace(". ", "_").replace(" ", "_"))
+        (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
+        figures(results, write / f"{stem}.svg")
+        report(results, write / f"{stem}.md")
+        return
     if args.tiny:
         args.model, args.iterations, args.train, args.test, args.eval_prompts, args.eval_every = "tiny", 2, 16, 8, 4, 1
         args.prompts_per_iteration, args.num_generations, args.batch_size, args.max_new_tokens = 2, 2, 4, 4
@@ -163,7 +190,7 @@ def main() -> None:
         model, tokenizer = load_policy(args.model, device="cpu", seed=0)
         save_model(model, tokenizer, base)
     args.model = str(base)
-    held_out = problems("test", args.test)
+    held_out = problems("test", args.test, difficulty="easy" if args.task.endswith("-easy") else "normal")
     samples = args.iterations * args.prompts_per_iteration * args.num_generations
     results = {"settings": vars(args) | {"samples": samples}, "before": greedy_accuracy(str(base), held_out, args.max_new_tokens, 32),
                "methods": {}}  # fmt: skip
@@ -176,12 +203,13 @@ def main() -> None:
         result["after"] = greedy_accuracy(str(run / "final"), held_out, args.max_new_tokens, 32)
         results["methods"][method] = result
         print(f"{method}: after {result['after']['accuracy']:.3f} {result['after']['ci95']} in {result['seconds']:.0f} s", flush=True)
-    write = Path(args.write)
-    stem = "online_rl_smoke" if args.tiny else "online_rl"
-    (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    figures(results, write / f"{stem}.svg")
-    report(results, write / f"{stem}.md")
-    print(f"wrote {write / stem}.md, .svg, .json", flush=True)
+        # Written after every method, so a long run that is stopped keeps what it has measured.
+        write = Path(args.write)
+        stem = f"{args.name}_smoke" if args.tiny else args.name
+        (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
+        figures(results, write / f"{stem}.svg")
+        report(results, write / f"{stem}.md")
+        print(f"wrote {write / stem}.md, .svg, .json", flush=True)
 
 
 if __name__ == "__main__":

@@ -433,7 +433,7 @@ class GRPOConfig(TrainConfig):
 
     data: str | None = setting(None, help="Unused by grpo: prompts come from --prompts.")
     eval_split: float = setting(0.0, help="Fraction of --prompts held out for evaluation when --eval-data is not given.", check=fraction(below_one=True))
-    prompts: str = setting(help='Prompts: JSONL of {"prompt": str | [messages]}, .txt with one prompt per line, or a built-in task: task:arithmetic[:train|test[:COUNT]].')
+    prompts: str = setting(help='Prompts: JSONL of {"prompt": str | [messages]}, .txt with one prompt per line, or a built-in task: task:arithmetic[:train|test[:COUNT]] (task:arithmetic-easy: small numbers).')
     reward: str = setting(help="What scores completions: exact_match, format (the arithmetic task), judge:NAME, rm:DIR, python:MODULE:FUNCTION, or several joined by commas (summed).")
     loss: str = setting("grpo", help="grpo: mean over each completion's tokens, then over completions, advantages divided by the group std; dr_grpo: sum over tokens / (completions x --max-new-tokens), no std (Liu et al. 2025).", check=one_of("grpo", "dr_grpo"))
     advantage: str = setting("group", help="Baseline: group (the group mean; divided by the std under --loss grpo), rloo (leave-one-out mean), reinforce_pp (per-token reward-to-go whitened over the batch).", check=one_of("group", "rloo", "reinforce_pp"))
@@ -500,7 +500,7 @@ class OnlineDPOConfig(TrainConfig):
 
     data: str | None = setting(None, help="Unused by online-dpo: prompts come from --prompts.")
     eval_split: float = setting(0.0, help="Fraction of --prompts held out for evaluation when --eval-data is not given.", check=fraction(below_one=True))
-    prompts: str = setting(help='Prompts: JSONL of {"prompt": str | [messages]}, .txt with one prompt per line, or task:arithmetic[:train|test[:COUNT]].')
+    prompts: str = setting(help='Prompts: JSONL of {"prompt": str | [messages]}, .txt with one prompt per line, or task:arithmetic[-easy][:train|test[:COUNT]].')
     reward: str = setting(help="What ranks the two completions: judge:NAME, rm:DIR, exact_match / format, python:MODULE:FUNCTION, or several joined by commas (summed).")
     loss: str = setting("sigmoid", help="sigmoid (DPO), robust, cdpo, ipo or hinge (losses/dpo.py).", check=one_of("sigmoid", "robust", "cdpo", "ipo", "hinge"))
     beta: float = setting(0.1, help="DPO's beta.", check=above(0))

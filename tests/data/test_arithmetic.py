@@ -50,3 +50,27 @@ def test_task_specs_read_as_prompts_and_bad_ones_are_one_line_errors():
         with pytest.raises(DataError, match=reason) as err:
             read_prompts(spec)
         assert str(err.value).startswith(spec)
+
+
+def test_easy_level_has_small_numbers_disjoint_splits_and_reads_as_a_task():
+    train = arithmetic.problems("train", 1500, difficulty="easy")
+    test = arithmetic.problems("test", 300, difficulty="easy")
+    assert train == arithmetic.problems("train", 1500, difficulty="easy")  # seeded
+    assert not {p.question for p in train} & {p.question for p in test}
+    assert all(arithmetic.split_of(p.question) == "test" for p in test)
+    for problem in train + test:
+        assert arithmetic.solve(problem.prompt) == problem.answer, problem.question
+        assert 1 <= problem.answer <= 36  # 6 x 6 is the largest; differences stay positive
+        numbers = [int(w) for w in problem.question.replace("?", " ").replace(".", " ").split() if w.isdigit()]
+        # Sums of 1..9, differences from 2..10, products of 2..6, 5 x 5 items shared at most.
+        assert max(numbers) <= (10 if "more" in problem.question or "gave" in problem.question else 25)
+    # Every template appears, and the normal level really is harder (it has answers above 18).
+    used = {next(t.text for t in arithmetic.TEMPLATES if arithmetic._pattern(t.text).search(p.question)) for p in test}
+    assert used == {t.text for t in arithmetic.TEMPLATES}
+    assert max(p.answer for p in arithmetic.problems("test", 300)) > 36
+    prompts = read_prompts("task:arithmetic-easy:test:300")
+    assert [m[0].content for m in prompts] == [p.prompt for p in test]
+    with pytest.raises(DataError, match="at most 1000"):
+        read_prompts("task:arithmetic-easy:test:1001")
+    with pytest.raises(ValueError, match="difficulty must be one of normal, easy"):
+        arithmetic.problems("test", 5, difficulty="hard")

@@ -11,7 +11,10 @@ regular expressions, so the exact-match reward (`judges/verifiable.py`) needs no
 prompt it is given, wherever that prompt came from (a trainer, `preftune eval`, a JSONL file).
 
 Prompts are read as `task:arithmetic`, `task:arithmetic:test` or `task:arithmetic:train:500`
-wherever a prompts file is accepted (`data.formats.read_prompts`).
+wherever a prompts file is accepted (`data.formats.read_prompts`). `task:arithmetic-easy` is the
+same templates with small numbers (single-digit operands, answers up to 36): the level at which a
+135M model's arithmetic is often right once it answers with the number alone, so RL on a CPU has a
+signal to learn from (`bench/online_rl.py`).
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from dataclasses import dataclass
 from .schema import DataError, Message
 
 TASK_PREFIX = "task:"
-TASK_NAMES = ("arithmetic",)
+TASK_NAMES = ("arithmetic", "arithmetic-easy")
+DIFFICULTIES = ("normal", "easy")
 # Appended to every question: the format reward checks that the answer is exactly this shape.
 INSTRUCTION = "Answer with just the number."
 DEFAULT_COUNTS = {"train": 2000, "test": 200}
 # About 75,000 distinct questions exist, 1 in TEST_SHARE of them in "test"; far below that, random
 # draws find new ones quickly, so counts are capped there rather than searched to exhaustion.
 MAX_COUNTS = {"train": 20000, "test": 5000}
+# The easy level has about 12,000 distinct questions (products have no name field: only 200 of them).
+MAX_COUNTS_EASY = {"train": 5000, "test": 1000}
 TEST_SHARE = 5  # one problem in TEST_SHARE goes to the test split (by hash of its text)
 
 NAMES = ("Ana", "Ben", "Mia", "Sam", "Leo", "Zoe", "Tom", "Eva", "Raj", "Ida")
@@ -66,6 +72,27 @@ def _quotient(rng: random.Random) -> dict[str, int]:
     a, b = rng.randint(2, 9), rng.randint(2, 9)
     return {"a": a, "c": a * b}  # c shared among a: a whole answer b
 
+
+def _sum_easy(rng: random.Random) -> dict[str, int]:
+    return {"a": rng.randint(1, 9), "b": rng.randint(1, 9)}
+
+
+def _difference_easy(rng: random.Random) -> dict[str, int]:
+    a = rng.randint(2, 10)
+    return {"a": a, "b": rng.randint(1, a - 1)}
+
+
+def _product_easy(rng: random.Random) -> dict[str, int]:
+    return {"a": rng.randint(2, 6), "b": rng.randint(2, 6)}
+
+
+def _quotient_easy(rng: random.Random) -> dict[str, int]:
+    a, b = rng.randint(2, 5), rng.randint(2, 5)
+    return {"a": a, "c": a * b}
+
+
+# Per difficulty, the number drawers in TEMPLATES' order; the sentences and answers are shared.
+EASY_DRAWS = (_sum_easy, _difference_easy, _product_easy, _quotient_easy)
 
 TEMPLATES = (
     Template("{name} has {a} {item}s and gets {b} more. How many {item}s does {name} have now?", _sum,
@@ -125,22 +152,28 @@ def split_of(question: str) -> str:
     return "test" if digest[0] % TEST_SHARE == 0 else "train"
 
 
-def problems(split: str = "train", count: int | None = None, seed: int = 0) -> list[Problem]:
+def problems(split: str = "train", count: int | None = None, seed: int = 0, difficulty: str = "normal") -> list[Problem]:
     """`count` distinct problems of `split` ("train" or "test"), the same list for the same seed.
 
     Drawn in one seeded stream and filtered by `split_of`, so a larger count extends a smaller one.
+    `difficulty` "easy" draws small numbers into the same templates (the split rule is the same, so
+    an easy test question is never an easy or normal train question).
     """
     if split not in DEFAULT_COUNTS:
         raise ValueError(f"arithmetic task: split must be train or test, got {split!r}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"arithmetic task: difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     count = DEFAULT_COUNTS[split] if count is None else count
-    if count > MAX_COUNTS[split]:
-        raise ValueError(f"arithmetic task: at most {MAX_COUNTS[split]} {split} problems, asked for {count}")
+    cap = (MAX_COUNTS_EASY if difficulty == "easy" else MAX_COUNTS)[split]
+    if count > cap:
+        raise ValueError(f"arithmetic task: at most {cap} {split} problems, asked for {count}")
     rng = random.Random(seed)
     found: list[Problem] = []
     seen: set[str] = set()
     while len(found) < count:
-        template = TEMPLATES[rng.randrange(len(TEMPLATES))]
-        numbers = template.draw(rng)
+        index = rng.randrange(len(TEMPLATES))
+        template = TEMPLATES[index]
+        numbers = (EASY_DRAWS[index] if difficulty == "easy" else template.draw)(rng)
         question = template.text.format(name=rng.choice(NAMES), item=rng.choice(ITEMS), **numbers)
         if question in seen or split_of(question) != split:
             continue
@@ -166,7 +199,7 @@ def task_prompts(spec: str) -> list[list[Message]]:
     if count is not None and count < 1:
         raise DataError(spec, 0, f"the count must be at least 1, got {count}")
     try:
-        chosen = problems(split, count)
+        chosen = problems(split, count, difficulty="easy" if name.endswith("-easy") else "normal")
     except ValueError as err:
         raise DataError(spec, 0, str(err)) from None
     return [[Message("user", p.prompt)] for p in chosen]

@@ -89,7 +89,7 @@ def read_pairs(source: str | Path, format: str | None = None) -> tuple[list[Pref
 
 def read_prompts(source: str | Path) -> list[list[Message]]:
     """Prompts for generation: JSONL (or any row source) of {"prompt": str | [messages]}, .txt lines,
-    or a built-in task's problems, `task:arithmetic[:train|test[:COUNT]]` (`data/arithmetic.py`)."""
+    or a built-in task's problems, `task:arithmetic[-easy][:train|test[:COUNT]]` (`data/arithmetic.py`)."""
     if is_task_spec(source):
         return task_prompts(source)
     display = str(source)
