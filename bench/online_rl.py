@@ -16,6 +16,8 @@
    at 16 tokens in a smoke check here, so exact match alone leaves most groups with zero spread).
    Caution, measured (bench/README.md): at lr 2e-5 GRPO hacks the format reward, answering "1" to
    every problem; the defaults are a record of that run, not settings that are known to work.
+   A second GRPO run with `--reward exact_match --num-generations 8 --iterations 12 --lr 1e-5
+   --kl-coef 0.2` (same 384 samples) raised greedy held-out accuracy from 0.105 to 0.420 (bench/README.md).
    Every --eval-every iterations each trainer evaluates on
    --eval-prompts held-out problems at temperature 1: held-out reward and KL(policy || base)
    (k1 summed over the completion, the same estimator for all four).
