@@ -1,6 +1,6 @@
 """RL with verifiable rewards on a 135M model on this CPU: GRPO, Dr. GRPO, RLOO and PPO at one sample budget.
 
-    python bench/online_rl.py [--iterations 24] [--test 200] [--out runs/bench-online-rl]
+    python bench/online_rl.py [--iterations 12] [--test 200] [--out runs/bench-online-rl]
     python bench/online_rl.py --replot   # redraw the figures from online_rl.json and the runs' metrics
     python bench/online_rl.py --tiny          # a smoke run of every step with the in-process tiny model
 
@@ -11,13 +11,12 @@
    problem, no sampling noise); accuracy = exact-match rate, with its 95% Wilson interval.
 3. Each method trains from the same start with the same sample budget: --iterations x
    --prompts-per-iteration x --num-generations completions (PPO samples the same number per
-   iteration, one per prompt, over as many prompts). Reward: `exact_match,format` by default (the
-   format reward is the dense signal: base SmolLM2 writes sentences and was 2/40 correct greedily
-   at 16 tokens in a smoke check here, so exact match alone leaves most groups with zero spread).
-   Caution, measured (bench/README.md): at lr 2e-5 GRPO hacks the format reward, answering "1" to
-   every problem; the defaults are a record of that run, not settings that are known to work.
-   A second GRPO run with `--reward exact_match --num-generations 8 --iterations 12 --lr 1e-5
-   --kl-coef 0.2` (same 384 samples) raised greedy held-out accuracy from 0.105 to 0.420 (bench/README.md).
+   iteration, one per prompt, over as many prompts). The defaults are those of the GRPO run that
+   learned (bench/README.md): reward `exact_match` alone, 8 completions per prompt so that groups
+   have spread, lr 1e-5, `kl_coef` 0.2, 12 iterations (384 samples); it raised greedy held-out
+   accuracy from 0.105 to 0.420. An earlier run with `--reward exact_match,format --lr 2e-5
+   --kl-coef 0.04 --num-generations 4 --iterations 24` (the same 384 samples) hacked the format
+   reward instead: it answered "1" to every problem, and held-out accuracy did not move.
    Every --eval-every iterations each trainer evaluates on
    --eval-prompts held-out problems at temperature 1: held-out reward and KL(policy || base)
    (k1 summed over the completion, the same estimator for all four).
@@ -151,18 +150,18 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
     parser.add_argument("--task", default="arithmetic-easy", choices=["arithmetic", "arithmetic-easy"],
                         help="the built-in task (easy: single-digit operands, where a 135M model's sums are often right)")
-    parser.add_argument("--iterations", type=int, default=24)
+    parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--prompts-per-iteration", type=int, default=4)
-    parser.add_argument("--num-generations", type=int, default=4)
+    parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--kl-coef", type=float, default=0.04)
-    parser.add_argument("--reward", default="exact_match,format")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--kl-coef", type=float, default=0.2)
+    parser.add_argument("--reward", default="exact_match")
     parser.add_argument("--train", type=int, default=2000, help="training problems")
     parser.add_argument("--test", type=int, default=200, help="held-out problems for the greedy accuracy")
     parser.add_argument("--eval-prompts", type=int, default=32, help="held-out problems for the curves")
-    parser.add_argument("--eval-every", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-online-rl"))
     parser.add_argument("--tiny", action="store_true", help="smoke run: the tiny model, 2 iterations, few problems")
     parser.add_argument("--write", default=str(REPO / "bench"), help="folder for online_rl.md / .svg / .json")
