@@ -22,7 +22,8 @@
    (k1 summed over the completion, the same estimator for all four).
 4. After: the same greedy accuracy for each method's final model, with its interval.
 5. Figures: held-out reward and held-out exact-match rate (T=1) against KL and against training
-   wall time (rollout + update, no eval), and the training reward against both; `online_rl.svg` and `online_rl.md` beside this file.
+   wall time (rollout + update, no eval), the training reward against both, and the greedy accuracy of step 4
+   (before at 0, after at the end) against the final KL and the training time; `online_rl.svg` and `online_rl.md` beside this file.
 """
 
 from __future__ import annotations
@@ -85,13 +86,18 @@ def train(method: str, args, out: Path) -> dict:
     else:
         settings = shared | dict(rollout_batch=completions, batch_size=args.batch_size) | extra
         train_ppo(resolve_config(PPOConfig, None, settings), show_progress=False)
-    return curves(out) | {"seconds": time.perf_counter() - started, "samples": completions * args.iterations}
+    return curves(out, args.reward) | {
+        "seconds": time.perf_counter() - started,
+        "samples": completions * args.iterations,
+    }
 
 
-def curves(out: Path) -> dict:
+def curves(out: Path, reward: str) -> dict:
     """Training and held-out curves from a run's metrics.jsonl, against KL and cumulative training seconds."""
     from preftune.runlog import read_metrics
 
+    # PPO logs only the summed held-out reward; with `exact_match` as the whole reward that sum is the rate.
+    whole_reward_is_exact_match = reward.strip() == "exact_match"
     clock, train_curve, eval_curve = 0.0, [], []
     for row in read_metrics(out):
         clock += row.get("time/iteration", 0.0)
@@ -101,7 +107,8 @@ def curves(out: Path) -> dict:
         if "eval/scores" in row:
             # accuracy: the exact-match part of the held-out reward (sampled at T=1), where the trainer logs it
             eval_curve.append({"step": row["step"], "seconds": clock, "kl": row["eval/kl"], "reward": row["eval/scores"],
-                               "accuracy": row.get("eval/rewards/exact_match/mean")})  # fmt: skip
+                               "accuracy": row.get("eval/rewards/exact_match/mean",
+                                                   row["eval/scores"] if whole_reward_is_exact_match else None)})  # fmt: skip
     return {"train": train_curve, "eval": eval_curve}
 
 
@@ -115,12 +122,30 @@ def figures(results: dict, path: Path) -> None:
         Panel("Training reward vs wall time", "training seconds", "training reward"),
         Panel("Held-out accuracy vs KL", "KL(policy || base), nats", "exact-match rate (T=1)"),
         Panel("Held-out accuracy vs wall time", "training seconds", "exact-match rate (T=1)"),
+        # The robust figure: greedy on all --test problems, before (at 0) and after each run.
+        Panel(
+            "Greedy held-out accuracy vs final KL",
+            "final held-out KL, nats",
+            f"exact-match rate (greedy, n={results['before']['n']})",
+        ),
+        Panel(
+            "Greedy held-out accuracy vs wall time",
+            "training seconds",
+            f"exact-match rate (greedy, n={results['before']['n']})",
+        ),
     ]
     for method, result in results["methods"].items():
         for panel, curve, x, y in ((0, "eval", "kl", "reward"), (1, "eval", "seconds", "reward"), (2, "train", "kl", "reward"),
                                    (3, "train", "seconds", "reward"), (4, "eval", "kl", "accuracy"), (5, "eval", "seconds", "accuracy")):  # fmt: skip
             points = [p for p in result[curve] if p.get(y) is not None]
             panels[panel].series.append(Series(method, [p[x] for p in points], [p[y] for p in points]))
+        before, after = results["before"]["accuracy"], result["after"]["accuracy"]
+        final_kl = result["eval"][-1]["kl"] if result["eval"] else 0.0
+        panels[6].series.append(Series(method, [0.0, final_kl], [before, after]))
+        trained = (
+            result["train"][-1]["seconds"] if result["train"] else result["seconds"]
+        )  # rollout + update, as the x of the other panels
+        panels[7].series.append(Series(method, [0.0, trained], [before, after]))
     path.write_text(render(panels))
 
 
@@ -132,24 +157,36 @@ def report(results: dict, path: Path) -> None:
         f"Model {results['settings']['model']}; {results['settings']['iterations']} iterations x "
         f"{results['settings']['prompts_per_iteration']} prompts x {results['settings']['num_generations']} completions "
         f"= {results['settings']['samples']} samples per method; reward {results['settings']['reward']}.", "",
-        "| model | greedy held-out accuracy | 95% CI | n | final held-out KL (nats) | training seconds |", "|---|---|---|---|---|---|",
-        f"| base | {before['accuracy']:.3f} | [{before['ci95'][0]:.3f}, {before['ci95'][1]:.3f}] | {before['n']} | 0 | - |",
+        "| model | greedy held-out accuracy | 95% CI | n | final held-out KL (nats) | training seconds (rollout + update) | run seconds (with evaluations) |", "|---|---|---|---|---|---|---|",
+        f"| base | {before['accuracy']:.3f} | [{before['ci95'][0]:.3f}, {before['ci95'][1]:.3f}] | {before['n']} | 0 | - | - |",
     ]  # fmt: skip
     for method, result in results["methods"].items():
         after = result["after"]
         above = " (above the base CI)" if after["ci95"][0] > before["ci95"][1] else ""
         lines.append(f"| {method} | {after['accuracy']:.3f}{above} | [{after['ci95'][0]:.3f}, {after['ci95'][1]:.3f}] | "
-                     f"{after['n']} | {result['eval'][-1]['kl'] if result['eval'] else float('nan'):.2f} | {result['seconds']:.0f} |")  # fmt: skip
+                     f"{after['n']} | {result['eval'][-1]['kl'] if result['eval'] else float('nan'):.2f} | "
+                     f"{result['train'][-1]['seconds'] if result['train'] else float('nan'):.0f} | {result['seconds']:.0f} |")  # fmt: skip
     lines += ["", f"![reward against KL and wall time]({path.with_suffix('.svg').name})", ""]
     path.write_text("\n".join(lines))
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Whether two runs' settings agree on everything but which methods ran."""
+    return {k: v for k, v in a.items() if k != "methods"} == {k: v for k, v in b.items() if k != "methods"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
-    parser.add_argument("--task", default="arithmetic-easy", choices=["arithmetic", "arithmetic-easy"],
-                        help="the built-in task (easy: single-digit operands, where a 135M model's sums are often right)")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS)
+    )
+    parser.add_argument(
+        "--task",
+        default="arithmetic-easy",
+        choices=["arithmetic", "arithmetic-easy"],
+        help="the built-in task (easy: single-digit operands, where a 135M model's sums are often right)",
+    )
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--prompts-per-iteration", type=int, default=4)
     parser.add_argument("--num-generations", type=int, default=8)
@@ -163,22 +200,41 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=32, help="held-out problems for the curves")
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-online-rl"))
-    parser.add_argument("--tiny", action="store_true", help="smoke run: the tiny model, 2 iterations, few problems")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke run: the tiny model, 2 iterations, few problems"
+    )
     parser.add_argument("--write", default=str(REPO / "bench"), help="folder for online_rl.md / .svg / .json")
-    parser.add_argument("--replot", action="store_true", help="redraw online_rl.svg / .md from online_rl.json and the runs' metrics")
-    parser.add_argument("--name", default="online_rl", help="stem of the files in --write (another name keeps an earlier run's record)")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="redraw online_rl.svg / .md from online_rl.json and the runs' metrics",
+    )
+    parser.add_argument(
+        "--name",
+        default="online_rl",
+        help="stem of the files in --write (another name keeps an earlier run's record)",
+    )
     args = parser.parse_args()
     if args.replot:  # figures only: the curves re-read from each run's metrics.jsonl, the accuracies kept
         write, out, stem = Path(args.write), Path(args.out), f"{args.name}_smoke" if args.tiny else args.name
         results = json.loads((write / f"{stem}.json").read_text())
         for method, result in results["methods"].items():
-            result |= curves(out / method.lower().replace(". ", "_").replace(" ", "_"))
+            result |= curves(
+                out / method.lower().replace(". ", "_").replace(" ", "_"), results["settings"]["reward"]
+            )
         (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
         figures(results, write / f"{stem}.svg")
         report(results, write / f"{stem}.md")
         return
     if args.tiny:
-        args.model, args.iterations, args.train, args.test, args.eval_prompts, args.eval_every = "tiny", 2, 16, 8, 4, 1
+        args.model, args.iterations, args.train, args.test, args.eval_prompts, args.eval_every = (
+            "tiny",
+            2,
+            16,
+            8,
+            4,
+            1,
+        )
         args.prompts_per_iteration, args.num_generations, args.batch_size, args.max_new_tokens = 2, 2, 4, 4
     from preftune.data.arithmetic import problems
     from preftune.models.load import load_policy, save_model
@@ -193,8 +249,21 @@ def main() -> None:
     args.model = str(base)
     held_out = problems("test", args.test, difficulty="easy" if args.task.endswith("-easy") else "normal")
     samples = args.iterations * args.prompts_per_iteration * args.num_generations
-    results = {"settings": vars(args) | {"samples": samples}, "before": greedy_accuracy(str(base), held_out, args.max_new_tokens, 32),
-               "methods": {}}  # fmt: skip
+    write, stem = Path(args.write), f"{args.name}_smoke" if args.tiny else args.name
+    settings = vars(args) | {"samples": samples}
+    results = {
+        "settings": settings,
+        "before": greedy_accuracy(str(base), held_out, args.max_new_tokens, 32),
+        "methods": {},
+    }
+    earlier = json.loads((write / f"{stem}.json").read_text()) if (write / f"{stem}.json").exists() else None
+    if (
+        earlier
+        and _same_run(earlier["settings"], settings)
+        and earlier["before"]["accuracy"] == results["before"]["accuracy"]
+    ):
+        # Rerunning some methods (say one that ran under load) keeps the others' results from the same settings.
+        results["methods"] = earlier["methods"]
     print(f"before: {results['before']['accuracy']:.3f} {results['before']['ci95']}", flush=True)
     for method in [m.strip() for m in args.methods.split(",")]:
         run = out / method.lower().replace(". ", "_").replace(" ", "_")
@@ -203,10 +272,14 @@ def main() -> None:
         result = train(method, args, run)
         result["after"] = greedy_accuracy(str(run / "final"), held_out, args.max_new_tokens, 32)
         results["methods"][method] = result
-        print(f"{method}: after {result['after']['accuracy']:.3f} {result['after']['ci95']} in {result['seconds']:.0f} s", flush=True)
+        results["methods"] = {
+            name: results["methods"][name] for name in METHODS if name in results["methods"]
+        }  # table order
+        print(
+            f"{method}: after {result['after']['accuracy']:.3f} {result['after']['ci95']} in {result['seconds']:.0f} s",
+            flush=True,
+        )
         # Written after every method, so a long run that is stopped keeps what it has measured.
-        write = Path(args.write)
-        stem = f"{args.name}_smoke" if args.tiny else args.name
         (write / f"{stem}.json").write_text(json.dumps(results, indent=1))
         figures(results, write / f"{stem}.svg")
         report(results, write / f"{stem}.md")
