@@ -45,7 +45,7 @@ DATA = REPO.parent / "shared" / "data" / "hh_harmless_dev.jsonl"
 # The recipe under test (the README's documented command for HH-style data); flags override it.
 RECIPE = dict(
     model="smollm2-135m", lora=True, lora_top_layers=8, lora_r=16, lora_alpha=32, lr=2e-4, batch_size=8,
-    epochs=1.0, max_length=256, max_prompt_length=160, warmup_ratio=0.1, center_coef=0.01, log_every=10,
+    epochs=2.0, max_length=256, max_prompt_length=160, warmup_ratio=0.1, center_coef=0.01, log_every=10,
 )  # fmt: skip
 BINS = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
