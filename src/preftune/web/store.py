@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from preftune.web.checks import (  # noqa: F401  (StoreError, NotFound, MAX_ID, 
     isolate,
 )
 from preftune.web.migrations import migrate
+from preftune.web.writer_lock import WriterLock, lock_path
 
 SESSION_SECONDS = 30 * 24 * 3600
 # How long a worker may serve a login session from memory (`Store.cached_session`) on page views.
@@ -82,9 +82,13 @@ class Store:
         self.url = url
         try:
             self.engine = db.make_engine(url)
+            # SQLite: commits that need not wait for the disk (`db.make_engine`), `write(durable=False)`.
+            sqlite = db.is_sqlite(self.engine)
+            self.light_engine = db.make_engine(url, durable=False) if sqlite else self.engine
         except (ArgumentError, ImportError) as error:
             raise StoreError(f"{url}: not a usable database URL ({error})") from None
-        self._write_lock = threading.Lock() if db.is_sqlite(self.engine) else contextlib.nullcontext()
+        lock = WriterLock(lock_path(self.engine.url.database)) if sqlite else None
+        self._write_lock = lock or contextlib.nullcontext()
         # token hash -> (monotonic time read, session row): see `cached_session`.
         self._sessions: dict[str, tuple[float, dict[str, Any]]] = {}
         try:
@@ -101,6 +105,10 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.light_engine is not self.engine:
+            self.light_engine.dispose()
+        if isinstance(self._write_lock, WriterLock):
+            self._write_lock.close()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -108,14 +116,17 @@ class Store:
             yield connection
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, durable: bool = True) -> Iterator[Connection]:
         """A transaction that commits on success; on SQLite it holds the write lock from its start.
 
-        SQLite has one writer at a time. Threads of this process queue on a lock instead of in
-        SQLite's busy handler, whose sleep-and-retry polling adds up to 100 ms per wait at the tail;
-        the busy timeout still covers other processes (an export running beside the server).
+        SQLite has one writer at a time. The server's threads and worker processes queue on
+        `WriterLock` instead of in SQLite's busy handler, whose sleep-and-retry polling adds up to
+        100 ms per wait at the tail; the busy timeout still covers other programs (an export run
+        beside the server). `durable=False`: the commit does not wait for the disk, for data a
+        power cut may lose (see `db.make_engine`); never for votes.
         """
-        with self._write_lock, self.engine.connect().execution_options(preftune_write=True) as connection:
+        engine = self.engine if durable else self.light_engine
+        with self._write_lock, engine.connect().execution_options(preftune_write=True) as connection:
             with connection.begin():
                 yield connection
 

@@ -110,8 +110,10 @@ def open_item(
     time (the clock for seconds-per-vote). None when the queue is finished or the item is not theirs.
     A write transaction even when nothing needs marking: on SQLite a read that turns into a write
     can fail at once with SQLITE_BUSY (see `db.py`), and nearly every page view is a first showing.
+    Not a durable one: a power cut may lose a shown time (the vote then has no seconds), never a
+    vote, and the page view is spared an fsync under SQLite's one write lock.
     """
-    with store.write() as c:
+    with store.write(durable=False) as c:
         params = {"user_id": user_id} if item_id is None else {"user_id": user_id, "item_id": item_id}
         row = c.execute(_NEXT_PAGE if item_id is None else _ITEM_PAGE, params).first()
         assignment = None if row is None else _split_page_row(row)
