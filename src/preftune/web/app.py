@@ -216,14 +216,7 @@ def serve(
     store.fail_interrupted_jobs()  # once, here: see asgi.py
     store.close()
     os.environ.update(worker_environment(db, base, runs, runs_login=not is_loopback(host)))
-    from preftune.web import workers as worker_processes
-
-    if not worker_processes.reuse_port_available():
-        uvicorn.run(worker_processes.APP, workers=workers, **options)
-        return
-    # One socket per worker (see workers.py): uvicorn's shared socket gave one worker every connection.
-    del options["host"], options["port"]
-    worker_processes.run(host, port, workers, options)
+    uvicorn.run("preftune.web.asgi:app", workers=workers, **options)
 
 
 def worker_environment(db: str, base_url: str, runs: str | Path | None, runs_login: bool) -> dict[str, str]:
