@@ -146,6 +146,9 @@ votes = Table(
     Column("shown_left", String(1), nullable=False),
     Column("seconds", Float),
     Column("created_at", Float, nullable=False),
+    # A person's votes: the annotate page counts their skips on every view (`votes.open_item`),
+    # and Undo finds their last vote. Without it both read the whole table.
+    Index("ix_vote_user_choice", "user_id", "choice"),
 )
 
 jobs = Table(
