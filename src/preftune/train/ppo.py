@@ -272,9 +272,7 @@ def train_ppo(
             rollout = sample_from(False, prompts, seed)
             batch, mask = rollout.batch.to(device), rollout.batch.response_mask.to(device)
             # 2. score
-            raw_scores = torch.tensor(
-                score_responses(reward, prompts, rollout.texts), dtype=torch.float32
-            )
+            raw_scores = torch.tensor(score_responses(reward, prompts, rollout.texts), dtype=torch.float32)
             scores = shape_scores(raw_scores, rollout.ended, config.missing_eos_penalty, config.score_clip,
                                   config.normalize_scores).to(device)  # fmt: skip
             with torch.no_grad():
