@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -76,26 +74,17 @@ def test_batch_8_equals_batch_1_times_accumulation_8(pairs_file, tmp_path):
         assert torch.allclose(tensor, final_weights(small)[name], atol=1e-5), name
 
 
-def test_resume_after_sigterm_matches_uninterrupted_run(pairs_file, tmp_path, monkeypatch):
+def test_resume_after_sigterm_matches_uninterrupted_run(pairs_file, tmp_path, sigterm_at_clip):
     straight = train_dpo(config(pairs_file, tmp_path / "straight", max_steps=20, batch_size=4), show_progress=False)
 
-    real_clip = common.grad_norm_and_clip
-    calls = {"n": 0}
-
-    def clip_then_signal(model, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 10:  # the real signal path: SIGTERM arrives during step 10
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_clip(model, max_norm)
-
-    monkeypatch.setattr(common, "grad_norm_and_clip", clip_then_signal)
+    restore_clip = sigterm_at_clip(10)  # the real signal path: SIGTERM arrives during step 10
     interrupted = tmp_path / "interrupted"
     with pytest.raises(SystemExit) as stopped:
         train_dpo(config(pairs_file, interrupted, max_steps=20, batch_size=4), show_progress=False)
     assert stopped.value.code == 143
     assert [p.name for p in common.checkpoint_dirs(interrupted)] == ["step-10"]
     assert not (interrupted / "final").exists()
-    monkeypatch.setattr(common, "grad_norm_and_clip", real_clip)
+    restore_clip()
 
     train_dpo(config(pairs_file, interrupted, max_steps=20, batch_size=4, resume=True), show_progress=False)
     expected, resumed = final_weights(straight), final_weights(interrupted)
@@ -105,16 +94,8 @@ def test_resume_after_sigterm_matches_uninterrupted_run(pairs_file, tmp_path, mo
     assert steps == list(range(1, 21))  # no duplicated or missing history after resume
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(pairs_file, tmp_path, monkeypatch):
-    real_sigmoid = dpo_losses.DPO_LOSSES["sigmoid"]
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        losses, metrics = real_sigmoid(*args, **kwargs)
-        return (losses * float("nan") if calls["n"] == 5 else losses), metrics
-
-    monkeypatch.setitem(dpo_losses.DPO_LOSSES, "sigmoid", poisoned)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(pairs_file, tmp_path, nan_loss_at_call):
+    nan_loss_at_call(dpo_losses.DPO_LOSSES, "sigmoid", 5)
     out = tmp_path / "nan"
     with pytest.raises(common.TrainingDiverged, match=r"step 5: loss is nan.*checkpoints/step-4"):
         train_dpo(config(pairs_file, out, max_steps=8, save_every=2), show_progress=False)

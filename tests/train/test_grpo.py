@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,22 +20,6 @@ GRPO_METRICS = [
     "completions/max_length", "completions/clipped_ratio", "rewards/reward/mean", "rewards/reward/std",
     "grad_norm", "learning_rate", "objective/kl", "policy_loss",
 ]  # fmt: skip
-TOPICS = ["the sky", "magnets", "plants", "rain", "the moon", "bread", "trains", "bees"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("".join(f"Tell me about {topic}.\n" for topic in TOPICS))
-    return path
 
 
 def count_e(prompt: str, response: str) -> float:
@@ -109,25 +90,16 @@ def test_it_learns_the_synthetic_reward(prompts_file, tmp_path):
     assert sum(rewards[-4:]) > 1.5 * sum(rewards[:4]), rewards
 
 
-def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, monkeypatch):
+def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, sigterm_at_clip):
     settings = dict(iterations=4, eval_split=0.25, eval_every=2)
     straight = train_grpo(config(prompts_file, tmp_path / "straight", **settings), reward_fn=count_e, show_progress=False)
-    real_clip = common.grad_norm_and_clip
-    calls = {"n": 0}
-
-    def clip_then_signal(model, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 2 * 2 + 1:  # 2 updates per iteration: SIGTERM arrives during iteration 3
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_clip(model, max_norm)
-
-    monkeypatch.setattr(common, "grad_norm_and_clip", clip_then_signal)
+    restore_clip = sigterm_at_clip(2 * 2 + 1)  # 2 updates per iteration: SIGTERM arrives during iteration 3
     interrupted = tmp_path / "interrupted"
     with pytest.raises(SystemExit) as stopped:
         train_grpo(config(prompts_file, interrupted, **settings), reward_fn=count_e, show_progress=False)
     assert stopped.value.code == 143
     assert [p.name for p in common.checkpoint_dirs(interrupted)] == ["step-3"]
-    monkeypatch.setattr(common, "grad_norm_and_clip", real_clip)
+    restore_clip()
     train_grpo(config(prompts_file, interrupted, resume=True, **settings), reward_fn=count_e, show_progress=False)
     expected = load_file(str(straight / "final" / "model.safetensors"))
     resumed = load_file(str(interrupted / "final" / "model.safetensors"))
@@ -142,16 +114,8 @@ def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, 
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a), a["step"]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(prompts_file, tmp_path, monkeypatch):
-    real_loss = grpo_module.group_policy_loss
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss, metrics = real_loss(*args, **kwargs)
-        return (loss * float("nan") if calls["n"] == 2 * 2 + 1 else loss), metrics
-
-    monkeypatch.setattr(grpo_module, "group_policy_loss", poisoned)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(prompts_file, tmp_path, nan_loss_at_call):
+    nan_loss_at_call(grpo_module, "group_policy_loss", 2 * 2 + 1)
     out = tmp_path / "nan"
     with pytest.raises(common.TrainingDiverged, match=r"step 3: loss is nan.*checkpoints/step-2"):
         train_grpo(config(prompts_file, out, iterations=4, save_every=1), reward_fn=count_e, show_progress=False)

@@ -4,8 +4,6 @@ reference modes, pairs as input, eval, the run folder and its dashboard kind."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -66,24 +64,15 @@ def test_weights_set_the_loss_at_the_reference(thumbs_file, tmp_path):
     assert read_metrics(out)[0]["loss"] == pytest.approx((8 * 1.3 + 8 * 0.6) / 2 / 16, abs=1e-6)
 
 
-def test_resume_after_sigterm_matches_uninterrupted_run(thumbs_file, tmp_path, monkeypatch):
+def test_resume_after_sigterm_matches_uninterrupted_run(thumbs_file, tmp_path, sigterm_at_clip):
     straight = train_kto(config(thumbs_file, tmp_path / "straight", max_steps=12, batch_size=4), show_progress=False)
-    real_clip = common.grad_norm_and_clip
-    calls = {"n": 0}
-
-    def clip_then_signal(model, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 6:  # the real signal path: SIGTERM arrives during step 6
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_clip(model, max_norm)
-
-    monkeypatch.setattr(common, "grad_norm_and_clip", clip_then_signal)
+    restore_clip = sigterm_at_clip(6)  # the real signal path: SIGTERM arrives during step 6
     interrupted = tmp_path / "interrupted"
     with pytest.raises(SystemExit) as stopped:
         train_kto(config(thumbs_file, interrupted, max_steps=12, batch_size=4), show_progress=False)
     assert stopped.value.code == 143
     assert [p.name for p in common.checkpoint_dirs(interrupted)] == ["step-6"]
-    monkeypatch.setattr(common, "grad_norm_and_clip", real_clip)
+    restore_clip()
 
     train_kto(config(thumbs_file, interrupted, max_steps=12, batch_size=4, resume=True), show_progress=False)
     expected, resumed = final_weights(straight), final_weights(interrupted)
@@ -93,16 +82,8 @@ def test_resume_after_sigterm_matches_uninterrupted_run(thumbs_file, tmp_path, m
     assert [r["kl"] for r in read_metrics(interrupted)] == pytest.approx([r["kl"] for r in read_metrics(straight)], abs=1e-6)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(thumbs_file, tmp_path, monkeypatch):
-    real_loss = KTO_LOSSES["kto"]
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        losses, metrics = real_loss(*args, **kwargs)
-        return (losses * float("nan") if calls["n"] == 5 else losses), metrics
-
-    monkeypatch.setitem(KTO_LOSSES, "kto", poisoned)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(thumbs_file, tmp_path, nan_loss_at_call):
+    nan_loss_at_call(KTO_LOSSES, "kto", 5)
     out = tmp_path / "nan"
     with pytest.raises(common.TrainingDiverged, match=r"step 5: loss is nan.*checkpoints/step-4"):
         train_kto(config(thumbs_file, out, max_steps=8, save_every=2), show_progress=False)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,22 +20,6 @@ ONLINE_DPO_METRICS = [
     "logps/rejected", "objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",
     "objective/scores", "objective/scores_margin", "objective/ties", "val/contain_eos_token", "beta", "grad_norm",
 ]  # fmt: skip
-TOPICS = ["the sky", "magnets", "plants", "rain", "the moon", "bread", "trains", "bees"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("".join(f"Tell me about {topic}.\n" for topic in TOPICS))
-    return path
 
 
 def count_e(prompt: str, response: str) -> float:
@@ -104,26 +85,17 @@ def test_bad_settings_and_the_cli(prompts_file, tmp_path):
     assert len([r for r in read_metrics(tmp_path / "cli") if "objective/scores" in r]) == 1
 
 
-def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, monkeypatch):
+def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, sigterm_at_clip):
     settings = dict(iterations=4, eval_split=0.25, eval_every=2)
     straight = train_online_dpo(config(prompts_file, tmp_path / "straight", **settings), reward_fn=count_e,
                                 show_progress=False)  # fmt: skip
-    real_clip = common.grad_norm_and_clip
-    calls = {"n": 0}
-
-    def clip_then_signal(model, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 3:  # one step per iteration: SIGTERM arrives during iteration 3
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_clip(model, max_norm)
-
-    monkeypatch.setattr(common, "grad_norm_and_clip", clip_then_signal)
+    restore_clip = sigterm_at_clip(3)  # one step per iteration: SIGTERM arrives during iteration 3
     interrupted = tmp_path / "interrupted"
     with pytest.raises(SystemExit) as stopped:
         train_online_dpo(config(prompts_file, interrupted, **settings), reward_fn=count_e, show_progress=False)
     assert stopped.value.code == 143
     assert [p.name for p in common.checkpoint_dirs(interrupted)] == ["step-3"]
-    monkeypatch.setattr(common, "grad_norm_and_clip", real_clip)
+    restore_clip()
     train_online_dpo(config(prompts_file, interrupted, resume=True, **settings), reward_fn=count_e, show_progress=False)
     expected = load_file(str(straight / "final" / "model.safetensors"))
     for name, tensor in load_file(str(interrupted / "final" / "model.safetensors")).items():

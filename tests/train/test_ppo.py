@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import statistics
 
 import pytest
@@ -26,24 +24,7 @@ PPO_METRICS = [
     "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/ratio",
     "val/clipfrac_avg", "kl_coef", "completions/mean_length",
 ]  # fmt: skip
-TOPICS = ["the sky", "magnets", "plants", "rain", "the moon", "bread", "trains", "bees"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two threads per
-    process thrash (measured here: 20x slower); restore the caller's setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("".join(f"Tell me about {topic}.\n" for topic in TOPICS * 2))
-    return path
+PROMPT_REPEATS = 2  # prompts_file (conftest.py): 16 prompts, two rollouts of 8 per pass
 
 
 def count_e(prompt: str, response: str) -> float:
@@ -146,29 +127,20 @@ def test_metrics_samples_and_outputs(prompts_file, tmp_path, lora, value):
     assert (out / "final" / ("adapter_model.safetensors" if lora else "model.safetensors")).exists()
 
 
-def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, monkeypatch):
+def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, sigterm_at_clip):
     settings = dict(iterations=5, eval_split=0.25, eval_every=2)
     straight = train_ppo(
         config(prompts_file, tmp_path / "straight", **settings), reward_fn=count_e, show_progress=False
     )
 
-    real_clip = common.grad_norm_and_clip
-    calls = {"n": 0}
-
-    def clip_then_signal(model, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 2 * 8 + 3:  # 8 updates per iteration: SIGTERM arrives during iteration 3
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_clip(model, max_norm)
-
-    monkeypatch.setattr(common, "grad_norm_and_clip", clip_then_signal)
+    restore_clip = sigterm_at_clip(2 * 8 + 3)  # 8 updates per iteration: SIGTERM arrives during iteration 3
     interrupted = tmp_path / "interrupted"
     with pytest.raises(SystemExit) as stopped:
         train_ppo(config(prompts_file, interrupted, **settings), reward_fn=count_e, show_progress=False)
     assert stopped.value.code == 143
     assert [p.name for p in common.checkpoint_dirs(interrupted)] == ["step-3"]
     assert not (interrupted / "final").exists()
-    monkeypatch.setattr(common, "grad_norm_and_clip", real_clip)
+    restore_clip()
 
     train_ppo(
         config(prompts_file, interrupted, resume=True, **settings), reward_fn=count_e, show_progress=False
@@ -191,16 +163,8 @@ def test_resume_after_sigterm_matches_uninterrupted_run(prompts_file, tmp_path, 
     assert (straight / "samples.jsonl").read_text() == (interrupted / "samples.jsonl").read_text()
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(prompts_file, tmp_path, monkeypatch):
-    real_value_loss = ppo_module.clipped_value_loss
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss, metrics = real_value_loss(*args, **kwargs)
-        return (loss * float("nan") if calls["n"] == 2 * 8 + 1 else loss), metrics
-
-    monkeypatch.setattr(ppo_module, "clipped_value_loss", poisoned)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(prompts_file, tmp_path, nan_loss_at_call):
+    nan_loss_at_call(ppo_module, "clipped_value_loss", 2 * 8 + 1)
     out = tmp_path / "nan"
     with pytest.raises(common.TrainingDiverged, match=r"step 3: loss is nan.*checkpoints/step-2"):
         train_ppo(

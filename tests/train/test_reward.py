@@ -4,8 +4,6 @@ exact resume, NaN, LoRA, saved layout, and one-line errors."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -130,27 +128,18 @@ def test_batch_8_equals_batch_2_times_accumulation_4(pairs_file, tmp_path):
     assert final_rewards(big, pairs_file) == pytest.approx(final_rewards(small, pairs_file), abs=1e-3)
 
 
-def test_resume_after_sigterm_matches_uninterrupted_run(pairs_file, tmp_path, monkeypatch):
+def test_resume_after_sigterm_matches_uninterrupted_run(pairs_file, tmp_path, sigterm_at_clip):
     straight = train_reward_model(
         config(pairs_file, tmp_path / "straight", max_steps=8, batch_size=4), show_progress=False
     )
-    real_clip = common.grad_norm_and_clip
-    calls = {"n": 0}
-
-    def clip_then_signal(model, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 5:  # SIGTERM arrives during step 5
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_clip(model, max_norm)
-
-    monkeypatch.setattr(common, "grad_norm_and_clip", clip_then_signal)
+    restore_clip = sigterm_at_clip(5)  # SIGTERM arrives during step 5
     interrupted = tmp_path / "interrupted"
     with pytest.raises(SystemExit) as stopped:
         train_reward_model(config(pairs_file, interrupted, max_steps=8, batch_size=4), show_progress=False)
     assert stopped.value.code == 143
     assert [p.name for p in common.checkpoint_dirs(interrupted)] == ["step-5"]
     load_scalar_model(interrupted / "checkpoints" / "step-5")  # a checkpoint is a loadable reward model
-    monkeypatch.setattr(common, "grad_norm_and_clip", real_clip)
+    restore_clip()
 
     train_reward_model(
         config(pairs_file, interrupted, max_steps=8, batch_size=4, resume=True), show_progress=False
@@ -161,16 +150,8 @@ def test_resume_after_sigterm_matches_uninterrupted_run(pairs_file, tmp_path, mo
     assert [r["step"] for r in read_metrics(interrupted)] == list(range(1, 9))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(pairs_file, tmp_path, monkeypatch):
-    real_loss = reward_loop.bradley_terry
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        losses, metrics = real_loss(*args, **kwargs)
-        return (losses * float("nan") if calls["n"] == 5 else losses), metrics
-
-    monkeypatch.setattr(reward_loop, "bradley_terry", poisoned)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(pairs_file, tmp_path, nan_loss_at_call):
+    nan_loss_at_call(reward_loop, "bradley_terry", 5)
     out = tmp_path / "nan"
     with pytest.raises(common.TrainingDiverged, match=r"step 5: loss is nan.*checkpoints/step-4"):
         train_reward_model(config(pairs_file, out, max_steps=8, save_every=2), show_progress=False)

@@ -121,3 +121,19 @@ def test_version_1_database_gains_link_columns_and_unique_names(tmp_path):
     with pytest.raises(StoreError, match="'ann'\u2069 is already in this project"):
         upgraded.create_user("ann", "annotator", project_id)
     upgraded.close()
+
+
+def test_a_version_3_database_gains_the_index_of_votes_by_person(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v3.db'}"
+    store = Store(url)
+    with store.write() as c:
+        c.execute(text("DROP INDEX ix_vote_user_choice"))
+        c.execute(text("UPDATE schema_version SET version = 3"))
+    store.close()
+    upgraded = Store(url)
+    try:
+        assert upgraded.schema_version == migrations.SCHEMA_VERSION == 4
+        indexes = {index["name"] for index in inspect(upgraded.engine).get_indexes("votes")}
+        assert "ix_vote_user_choice" in indexes
+    finally:
+        upgraded.close()

@@ -31,10 +31,9 @@ from ..data.unpaired import read_unpaired
 from ..losses.kto import KTO_LOSSES, NEEDS_KL_ESTIMATE, kto_kl_estimate
 from ..models.load import load_policy
 from ..models.logprobs import batch_logprobs
-from ..runlog import RunLog
-from . import common, distributed
+from . import common, distributed, loop
 from .run_folder import prepare_run_folder
-from .setup import finish_run, load_model_for_training, load_pair_splits
+from .setup import load_model_for_training, load_pair_splits
 
 # Group metrics: averaged over the examples of their group (see the module docstring).
 GROUP_OF = {"rewards/chosen": True, "logps/chosen": True, "rewards/rejected": False, "logps/rejected": False}
@@ -180,67 +179,39 @@ def train_kto(config: KTOConfig, show_progress: bool | None = None) -> Path:
 
     # -- optimizer, schedule, resume -------------------------------------------------------------
     total_steps = common.total_steps_of(config, len(train_tokens))
-    optimizer = common.make_optimizer(policy, config.lr, config.weight_decay)
-    scheduler = common.make_scheduler(optimizer, config.scheduler, common.warmup_steps_of(config, total_steps), total_steps)
-    order = common.DataOrder(len(train_tokens), config.seed)
-    log = RunLog(out, config, config.report_to, enabled=distributed.is_main())
-    start_step, tokens_seen = 0, 0
-    if config.resume:
-        start_step, extra = common.resume_latest(out, policy, optimizer, scheduler, order, log)
-        tokens_seen = extra.get("tokens_seen", 0)
+    optimizer, scheduler, order, log = loop.optimizer_schedule_and_log(config, policy, total_steps, len(train_tokens),
+                                                                       out)  # fmt: skip
+    start_step, tokens_seen = loop.resume_if_asked(config, out, policy, optimizer, scheduler, order, log)
+    checkpoint = loop.checkpoint_saver(config, out, policy, tokenizer, optimizer, scheduler, order,
+                                       lambda: {"tokens_seen": tokens_seen})  # fmt: skip
 
     # -- the loop ------------------------------------------------------------------------------
     policy.train()
-    progress = common.TrainProgress(total_steps, start_step, enabled=show_progress, label="kto")
-    stop = common.StopRequest()
     step = start_step
     last_metrics: dict[str, float] = {}
-    with stop.installed():
-        try:
-            while step < total_steps:
-                means = MetricMeans()
-                for micro in range(config.grad_accum):
-                    distributed.sync_gradients(runner, micro == config.grad_accum - 1)
-                    # Dataset order within the batch: the mismatched pairs then depend only on which
-                    # examples were drawn (TRL's pairing when it reads the data in order).
-                    indices = sorted(distributed.shard(order.take(config.batch_size)))  # this rank's slice
-                    loss, metrics, labels = forward(train_tokens, indices)
-                    common.check_finite(loss, step + 1, out)
-                    (loss / config.grad_accum).backward()
-                    means.add(metrics, labels)
-                step_metrics = means.result() | distributed.all_reduce_metrics(distributed.memory_metrics(device))
-                tokens_seen += int(step_metrics["num_tokens"])
-                step_metrics["num_tokens"] = tokens_seen  # cumulative, as TRL logs it
-                step_metrics["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
-                common.check_finite_gradients(step_metrics["grad_norm"], step + 1, out)
-                step_metrics["learning_rate"] = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                stop.agree()
-                step_metrics["epoch"] = order.epoch
-                last_metrics = step_metrics
-                if config.eval_every and eval_tokens and step % config.eval_every == 0 and step < total_steps:
-                    step_metrics |= evaluate()
-                if step % config.log_every == 0 or step == total_steps or any(k.startswith("eval/") for k in step_metrics):
-                    log.log(step, step_metrics)
-                progress.update(step, {"loss": step_metrics["loss"], "kl": step_metrics.get("kl")})
-                if (config.save_every and step % config.save_every == 0) or stop.requested:
-                    common.save_checkpoint(out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, {"tokens_seen": tokens_seen})
-                if stop.requested:
-                    print(f"\nkto: {stop.requested} received; checkpoint saved at step {step}; resume with --resume", file=sys.stderr)
-                    raise SystemExit(143 if stop.requested == "SIGTERM" else 130)
-        finally:
-            progress.close()
+    with loop.running(total_steps, start_step, show_progress, "kto") as (progress, stop):
+        while step < total_steps:
+            means = MetricMeans()
+            for micro in range(config.grad_accum):
+                distributed.sync_gradients(runner, micro == config.grad_accum - 1)
+                # Dataset order within the batch: the mismatched pairs then depend only on which
+                # examples were drawn (TRL's pairing when it reads the data in order).
+                indices = sorted(distributed.shard(order.take(config.batch_size)))  # this rank's slice
+                loss, metrics, labels = forward(train_tokens, indices)
+                common.check_finite(loss, step + 1, out)
+                (loss / config.grad_accum).backward()
+                means.add(metrics, labels)
+            step_metrics = means.result() | distributed.all_reduce_metrics(distributed.memory_metrics(device))
+            tokens_seen += int(step_metrics["num_tokens"])
+            step_metrics["num_tokens"] = tokens_seen  # cumulative, as TRL logs it
+            loop.optimizer_step(config, policy, optimizer, scheduler, step_metrics, step + 1, out)
+            step += 1
+            step_metrics["epoch"] = order.epoch
+            last_metrics = step_metrics  # the same dict: an eval at this step joins it
+            loop.finish_step(step, total_steps, step_metrics, config, evaluate=evaluate if eval_tokens else None,
+                             log=log, progress=progress, progress_fields={"loss": "loss", "kl": "kl"},
+                             checkpoint=checkpoint, stop=stop, label="kto")  # fmt: skip
 
-    final_metrics = evaluate() if eval_tokens else {}
-    if final_metrics:
-        log.log(step, final_metrics)
-    common.save_checkpoint(out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, {"tokens_seen": tokens_seen})
-    final_model = distributed.unsharded_model(policy)  # FSDP: the gathered weights, on rank 0
-    if distributed.is_main():
-        finish_run(config, final_model, tokenizer, out, final_metrics | {"train/" + k: v for k, v in last_metrics.items()},
-                   truncation=truncation)  # fmt: skip
-    log.close()
+    loop.end_of_run(config, step, evaluate=evaluate if eval_tokens else None, log=log, checkpoint=checkpoint,
+                    model=policy, tokenizer=tokenizer, out=out, train_metrics=last_metrics, truncation=truncation)  # fmt: skip
     return out

@@ -14,35 +14,29 @@ RLHF. The loss is the same function `preftune dpo` calls; sampling is the rollou
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..config import OnlineDPOConfig
 from ..losses.dpo import DPO_LOSS_OPTIONS, DPO_LOSSES
-from ..losses.kl import kl_k1
-from ..rollout import RolloutEngine
-from ..runlog import RunLog
-from . import common, distributed
+from . import common, distributed, loop
 from .grpo import load_rewards, score_parts
+from .online import PolicyAndReference, held_out_evaluation
 from .ppo import load_prompt_splits
 from .rollout import (
-    model_logprobs,
-    prompt_text_of,
-    reference_logprobs,
     response_logits_and_hidden,
     response_logprobs,
-    sample,
     shape_scores,
     warn_if_truncated_sampling,
 )
 from .run_folder import prepare_run_folder
-from .setup import finish_run, load_model_for_training
+from .setup import load_model_for_training
 
 _ITERATION_STRIDE = 1_000_003
 _EVAL_SEED_OFFSET = 7_919
@@ -85,71 +79,16 @@ def train_online_dpo(config: OnlineDPOConfig, reward_fn: Callable[[str, str], fl
     loss_fn, loss_options = DPO_LOSSES[config.loss], {k: getattr(config, k) for k in DPO_LOSS_OPTIONS[config.loss]}
     rollout_rows = 2 * config.prompts_per_iteration
 
-    def make_engine(model) -> RolloutEngine:
-        return RolloutEngine(model, tokenizer, backend=config.rollout_engine, precision=config.rollout_precision,
-                             batch_size=rollout_rows)  # fmt: skip
-
-    policy_engine = make_engine(policy)
-    engines: dict[str, RolloutEngine] = {}
-
-    def sample_from(model_is_reference: bool, prompts, seed: int, n: int):
-        settings = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
-                        top_p=config.top_p, seed=seed, max_prompt_length=config.max_prompt_length,
-                        batch_size=rollout_rows, n=n)  # fmt: skip
-        if not model_is_reference:
-            policy_engine.load_weights(policy)
-            return sample(policy, tokenizer, prompts, engine=policy_engine, **settings)
-        model = reference if reference is not None else policy
-        with policy.disable_adapter() if reference is None else contextlib.nullcontext():
-            if "reference" not in engines:
-                engines["reference"] = make_engine(model)
-            return sample(model, tokenizer, prompts, engine=engines["reference"], **settings)
-
-    @torch.no_grad()
-    def in_chunks(fn, batch) -> torch.Tensor:
-        return torch.cat([fn(batch.rows(slice(i, i + config.batch_size)))
-                          for i in range(0, len(batch.input_ids), config.batch_size)])  # fmt: skip
-
-    def ref_logprobs_of(batch) -> torch.Tensor:
-        return in_chunks(lambda b: reference_logprobs(policy, reference, b, config.temperature, autocast), batch)
-
-    reference_eval: dict = {}
-
-    @torch.no_grad()
-    def evaluate(step: int) -> dict[str, float]:
-        seed = config.seed + _EVAL_SEED_OFFSET
-        if not reference_eval:
-            ref = sample_from(True, eval_prompts, seed, 1)
-            reference_eval.update(texts=ref.texts, scores=score_parts(rewards, ref.prompts, ref.texts)[0].tolist())
-        pol = sample_from(False, eval_prompts, seed, 1)
-        scores, parts = score_parts(rewards, pol.prompts, pol.texts)
-        batch = pol.batch.to(device)
-        policy_lp = in_chunks(lambda b: model_logprobs(policy, b, config.temperature, autocast), batch)
-        kl = torch.where(batch.response_mask, kl_k1(policy_lp, ref_logprobs_of(batch)), 0.0).sum(-1)
-        log.log_samples(step, [
-            {"prompt": prompt_text_of(p), "policy": text, "reference": ref_text, "policy_score": s, "reference_score": rs}
-            for p, text, ref_text, s, rs in zip(pol.prompts, pol.texts, reference_eval["texts"], scores.tolist(), reference_eval["scores"], strict=True)
-        ])  # fmt: skip
-        return {
-            "eval/scores": float(scores.mean()),
-            "eval/ref_scores": sum(reference_eval["scores"]) / len(scores),
-            "eval/kl": float(kl.mean()),
-            "eval/mean_length": float(batch.response_mask.sum(-1).float().mean()),
-        } | {f"eval/rewards/{name}/mean": sum(values) / len(values) for name, values in parts.items()}
+    models = PolicyAndReference(policy, reference, tokenizer, config, rollout_rows, autocast)
 
     runner = distributed.wrap_model(policy, config, device, precision)
-    optimizer = common.make_optimizer(policy, config.lr, config.weight_decay)
-    scheduler = common.make_scheduler(
-        optimizer, config.scheduler, common.warmup_steps_of(config, config.iterations), config.iterations
-    )
-    order = common.DataOrder(len(train_prompts), config.seed)
-    log = RunLog(out, config, config.report_to, enabled=distributed.is_main())
-    start_step = 0
-    if config.resume:
-        start_step, _ = common.resume_latest(out, policy, optimizer, scheduler, order, log)
+    optimizer, scheduler, order, log = loop.optimizer_schedule_and_log(config, policy, config.iterations,
+                                                                       len(train_prompts), out)  # fmt: skip
+    start_step, _ = loop.resume_if_asked(config, out, policy, optimizer, scheduler, order, log)
 
-    def checkpoint(step: int) -> None:
-        common.save_checkpoint(out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, {})
+    checkpoint = loop.checkpoint_saver(config, out, policy, tokenizer, optimizer, scheduler, order)
+    evaluate = held_out_evaluation(models, eval_prompts, partial(score_parts, rewards), log,
+                                   config.seed + _EVAL_SEED_OFFSET, 1, device)  # fmt: skip
 
     if eval_prompts and start_step == 0:
         log.log(0, evaluate(0))
@@ -161,113 +100,97 @@ def train_online_dpo(config: OnlineDPOConfig, reward_fn: Callable[[str, str], fl
         per_token = torch.where(batch.response_mask, response_logprobs(logits, batch), 0.0)
         return per_token.sum(-1), per_token.detach()
 
-    progress = common.TrainProgress(config.iterations, start_step, enabled=show_progress, label="online-dpo")
-    stop = common.StopRequest()
     step = start_step
     metrics: dict[str, float] = {}
-    with stop.installed():
-        try:
-            while step < config.iterations:
-                iteration = step + 1
-                iteration_started = time.perf_counter()
-                # 1. two completions per prompt (rows 2i and 2i+1 for prompt i)
-                prompts = [train_prompts[i] for i in distributed.shard(order.take(config.prompts_per_iteration))]
-                seed = config.seed * _ITERATION_STRIDE + iteration + distributed.rank() * _RANK_SEED_OFFSET
-                rollout = sample_from(False, prompts, seed, 2)
-                batch, mask = rollout.batch.to(device), rollout.batch.response_mask.to(device)
-                # 2. rank: the judge picks the winner of each pair, live
-                raw_scores, _ = score_parts(rewards, rollout.prompts, rollout.texts)
-                scores = shape_scores(raw_scores, rollout.ended, config.missing_eos_penalty, 0.0, False)
-                chosen, rejected, decided = pick_pairs(scores)
-                weights = decided.to(torch.float32)
-                with torch.no_grad():
-                    ref_token_logprobs = torch.where(mask, ref_logprobs_of(batch), 0.0)
-                    ref_sums = ref_token_logprobs.sum(-1)
-                # 3. one step on the DPO loss over the decided pairs, micro-batch by micro-batch. The
-                # denominator is the decided pairs of all ranks / world size: DDP's mean over ranks of
-                # each rank's sum over it is the mean over every decided pair (train/distributed.py).
-                update_started = time.perf_counter()
-                denominator = float(distributed.per_rank_share(weights.sum()))
-                totals: dict[str, float] = {}
-                policy_token_logprobs = torch.zeros(mask.shape, device=device)
-                lengths = mask.sum(-1)
-                for start in range(0, len(chosen) if denominator > 0 else 0, config.batch_size):
-                    c, r = chosen[start : start + config.batch_size], rejected[start : start + config.batch_size]
-                    w = weights[start : start + config.batch_size].to(device)
-                    rows = torch.cat([c, r]).to(device)
-                    sums, per_token = runner(summed_logprobs, batch.rows(rows))
-                    policy_token_logprobs[rows] = per_token
-                    loss_per_pair, _ = loss_fn(
-                        sums[: len(c)], sums[len(c) :], ref_sums[c], ref_sums[r], beta=config.beta,
-                        chosen_lengths=lengths[c], rejected_lengths=lengths[r], **loss_options,
-                    )  # fmt: skip
-                    loss = (loss_per_pair * w).sum() / denominator
-                    common.check_finite(loss, iteration, out)
-                    loss.backward()
-                    with torch.no_grad():  # metrics over the decided pairs only, weighted into one mean
-                        keep = w > 0
-                        if keep.any():
-                            _, pair_metrics = loss_fn(
-                                sums[: len(c)][keep], sums[len(c) :][keep], ref_sums[c][keep], ref_sums[r][keep],
-                                beta=config.beta, chosen_lengths=lengths[c][keep], rejected_lengths=lengths[r][keep],
-                                **loss_options,
-                            )  # fmt: skip
-                            share = float(keep.sum()) / float(weights.sum())
-                            for name, value in (pair_metrics | {"loss": loss_per_pair[keep].mean()}).items():
-                                totals[name] = totals.get(name, 0.0) + float(value) * share
-                if denominator > 0:  # the same decision on every rank (the denominator is global)
-                    for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                                 "logps/chosen", "logps/rejected"):  # fmt: skip
-                        totals.setdefault(name, 0.0)  # a rank whose pairs all tied reports 0: the keys must match
-                    totals["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
-                    common.check_finite_gradients(totals["grad_norm"], iteration, out)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                kept = torch.nonzero(decided).squeeze(-1)
-                chosen, rejected = chosen[kept], rejected[kept]
-                # The rollout's KL (k1 summed per completion) and entropy, on the completions the update read.
-                rows = torch.cat([chosen, rejected]).to(device)
-                kl = (policy_token_logprobs[rows] - ref_token_logprobs[rows]).sum(-1).mean() if len(rows) else torch.zeros(())
-                entropy = -policy_token_logprobs[rows].sum(-1).mean() if len(rows) else torch.zeros(())
-                metrics = totals | {
-                    "objective/kl": float(kl),
-                    "objective/entropy": float(entropy),
-                    "objective/non_score_reward": -config.beta * float(kl),
-                    "objective/rlhf_reward": float(raw_scores.mean()) - config.beta * float(kl),
-                    "objective/scores": float(raw_scores.mean()),
-                    "objective/scores_margin": float((scores[chosen] - scores[rejected]).mean()) if len(kept) else 0.0,
-                    "objective/ties": 1.0 - len(kept) / len(prompts),
-                    "val/contain_eos_token": float(rollout.ended.float().mean()),
-                    "completions/mean_length": float(lengths.float().mean()),
-                    "beta": config.beta,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "time/rollout": rollout.seconds,
-                    "time/update": time.perf_counter() - update_started,
-                    "time/iteration": time.perf_counter() - iteration_started,
-                }  # fmt: skip
-                metrics = distributed.all_reduce_metrics(metrics | distributed.memory_metrics(device))
-                scheduler.step()
-                step = iteration
-                stop.agree()
-                if config.eval_every and eval_prompts and step % config.eval_every == 0 and step < config.iterations:
-                    metrics |= evaluate(step)
-                if step % config.log_every == 0 or step == config.iterations or "eval/scores" in metrics:
-                    log.log(step, metrics)
-                progress.update(step, {"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
-                if (config.save_every and step % config.save_every == 0) or stop.requested:
-                    checkpoint(step)
-                if stop.requested:
-                    print(f"\nonline-dpo: {stop.requested} received; checkpoint saved at iteration {step}; resume with --resume",
-                          file=sys.stderr)  # fmt: skip
-                    raise SystemExit(143 if stop.requested == "SIGTERM" else 130)
-        finally:
-            progress.close()
+    with loop.running(config.iterations, start_step, show_progress, "online-dpo") as (progress, stop):
+        while step < config.iterations:
+            iteration = step + 1
+            iteration_started = time.perf_counter()
+            # 1. two completions per prompt (rows 2i and 2i+1 for prompt i)
+            prompts = [train_prompts[i] for i in distributed.shard(order.take(config.prompts_per_iteration))]
+            seed = config.seed * _ITERATION_STRIDE + iteration + distributed.rank() * _RANK_SEED_OFFSET
+            rollout = models.sample(False, prompts, seed, 2)
+            batch, mask = rollout.batch.to(device), rollout.batch.response_mask.to(device)
+            # 2. rank: the judge picks the winner of each pair, live
+            raw_scores, _ = score_parts(rewards, rollout.prompts, rollout.texts)
+            scores = shape_scores(raw_scores, rollout.ended, config.missing_eos_penalty, 0.0, False)
+            chosen, rejected, decided = pick_pairs(scores)
+            weights = decided.to(torch.float32)
+            with torch.no_grad():
+                ref_token_logprobs = torch.where(mask, models.reference_logprobs(batch), 0.0)
+                ref_sums = ref_token_logprobs.sum(-1)
+            # 3. one step on the DPO loss over the decided pairs, micro-batch by micro-batch. The
+            # denominator is the decided pairs of all ranks / world size: DDP's mean over ranks of
+            # each rank's sum over it is the mean over every decided pair (train/distributed.py).
+            update_started = time.perf_counter()
+            denominator = float(distributed.per_rank_share(weights.sum()))
+            totals: dict[str, float] = {}
+            policy_token_logprobs = torch.zeros(mask.shape, device=device)
+            lengths = mask.sum(-1)
+            for start in range(0, len(chosen) if denominator > 0 else 0, config.batch_size):
+                c, r = chosen[start : start + config.batch_size], rejected[start : start + config.batch_size]
+                w = weights[start : start + config.batch_size].to(device)
+                rows = torch.cat([c, r]).to(device)
+                sums, per_token = runner(summed_logprobs, batch.rows(rows))
+                policy_token_logprobs[rows] = per_token
+                loss_per_pair, _ = loss_fn(
+                    sums[: len(c)], sums[len(c) :], ref_sums[c], ref_sums[r], beta=config.beta,
+                    chosen_lengths=lengths[c], rejected_lengths=lengths[r], **loss_options,
+                )  # fmt: skip
+                loss = (loss_per_pair * w).sum() / denominator
+                common.check_finite(loss, iteration, out)
+                loss.backward()
+                with torch.no_grad():  # metrics over the decided pairs only, weighted into one mean
+                    keep = w > 0
+                    if keep.any():
+                        _, pair_metrics = loss_fn(
+                            sums[: len(c)][keep], sums[len(c) :][keep], ref_sums[c][keep], ref_sums[r][keep],
+                            beta=config.beta, chosen_lengths=lengths[c][keep], rejected_lengths=lengths[r][keep],
+                            **loss_options,
+                        )  # fmt: skip
+                        share = float(keep.sum()) / float(weights.sum())
+                        for name, value in (pair_metrics | {"loss": loss_per_pair[keep].mean()}).items():
+                            totals[name] = totals.get(name, 0.0) + float(value) * share
+            if denominator > 0:  # the same decision on every rank (the denominator is global)
+                for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                             "logps/chosen", "logps/rejected"):  # fmt: skip
+                    totals.setdefault(name, 0.0)  # a rank whose pairs all tied reports 0: the keys must match
+                totals["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
+                common.check_finite_gradients(totals["grad_norm"], iteration, out)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            kept = torch.nonzero(decided).squeeze(-1)
+            chosen, rejected = chosen[kept], rejected[kept]
+            # The rollout's KL (k1 summed per completion) and entropy, on the completions the update read.
+            rows = torch.cat([chosen, rejected]).to(device)
+            kl = (policy_token_logprobs[rows] - ref_token_logprobs[rows]).sum(-1).mean() if len(rows) else torch.zeros(())
+            entropy = -policy_token_logprobs[rows].sum(-1).mean() if len(rows) else torch.zeros(())
+            metrics = totals | {
+                "objective/kl": float(kl),
+                "objective/entropy": float(entropy),
+                "objective/non_score_reward": -config.beta * float(kl),
+                "objective/rlhf_reward": float(raw_scores.mean()) - config.beta * float(kl),
+                "objective/scores": float(raw_scores.mean()),
+                "objective/scores_margin": float((scores[chosen] - scores[rejected]).mean()) if len(kept) else 0.0,
+                "objective/ties": 1.0 - len(kept) / len(prompts),
+                "val/contain_eos_token": float(rollout.ended.float().mean()),
+                "completions/mean_length": float(lengths.float().mean()),
+                "beta": config.beta,
+                "learning_rate": scheduler.get_last_lr()[0],
+                "time/rollout": rollout.seconds,
+                "time/update": time.perf_counter() - update_started,
+                "time/iteration": time.perf_counter() - iteration_started,
+            }  # fmt: skip
+            metrics = distributed.all_reduce_metrics(metrics | distributed.memory_metrics(device))
+            scheduler.step()
+            step = iteration
+            loop.finish_step(step, config.iterations, metrics, config,
+                             evaluate=partial(evaluate, step) if eval_prompts else None, log=log, progress=progress,
+                             progress_fields={"score": "objective/scores", "kl": "objective/kl"},
+                             checkpoint=checkpoint, stop=stop,
+                             label="online-dpo", unit="iteration")  # fmt: skip
 
-    final_metrics = evaluate(step) if eval_prompts else {}
-    if final_metrics:
-        log.log(step, final_metrics)
-    checkpoint(step)
-    if distributed.is_main():
-        finish_run(config, policy, tokenizer, out, final_metrics | {"train/" + k: v for k, v in metrics.items()})
-    log.close()
+    loop.end_of_run(config, step, evaluate=partial(evaluate, step) if eval_prompts else None, log=log,
+                    checkpoint=checkpoint, model=policy, tokenizer=tokenizer, out=out, train_metrics=metrics,
+                    gather_weights=False)  # fmt: skip
     return out

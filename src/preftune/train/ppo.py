@@ -19,6 +19,7 @@ import copy
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,8 +31,7 @@ from ..losses.advantages import gae
 from ..losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_penalized_rewards
 from ..losses.ppo import clipped_policy_loss, clipped_value_loss
 from ..rollout import RolloutEngine
-from ..runlog import RunLog
-from . import common, distributed
+from . import common, distributed, loop
 from .rollout import (
     RolloutBatch,
     model_logprobs,
@@ -45,7 +45,7 @@ from .rollout import (
     warn_if_truncated_sampling,
 )
 from .run_folder import prepare_run_folder
-from .setup import finish_run, load_model_for_training
+from .setup import load_model_for_training
 
 # Seeds derived from --seed: a rollout's sampling and an iteration's minibatch order depend only on
 # (seed, iteration), so a resumed run draws exactly what the uninterrupted one would have.
@@ -242,12 +242,8 @@ def train_ppo(
     # -- optimizer, schedule, resume (schedule and checkpoints count iterations) -----------------
     trainable = torch.nn.ModuleDict({"policy": policy, "value": value_fn})
     runner = distributed.wrap_model(trainable, config, device, precision)  # DDP under torchrun
-    optimizer = common.make_optimizer(trainable, config.lr, config.weight_decay)
-    scheduler = common.make_scheduler(
-        optimizer, config.scheduler, common.warmup_steps_of(config, config.iterations), config.iterations
-    )
-    order = common.DataOrder(len(train_prompts), config.seed)
-    log = RunLog(out, config, config.report_to, enabled=distributed.is_main())
+    optimizer, scheduler, order, log = loop.optimizer_schedule_and_log(config, trainable, config.iterations,
+                                                                       len(train_prompts), out)  # fmt: skip
     start_step = 0
     if config.resume:
         start_step, extra = common.resume_latest(out, policy, optimizer, scheduler, order, log)
@@ -257,112 +253,84 @@ def train_ppo(
             for name, tensor in extra["value_state"].items():
                 params[name].copy_(tensor.to(params[name].device))
 
-    def checkpoint(step: int) -> None:
-        extra = {"kl_coef": kl_control.value, "value_state": value_state(value_fn)}
-        common.save_checkpoint(
-            out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, extra
-        )
+    checkpoint = loop.checkpoint_saver(config, out, policy, tokenizer, optimizer, scheduler, order,
+                                       lambda: {"kl_coef": kl_control.value, "value_state": value_state(value_fn)})  # fmt: skip
 
     if eval_prompts and start_step == 0:
         log.log(0, evaluate(0))
 
     # -- the loop ------------------------------------------------------------------------------
-    progress = common.TrainProgress(config.iterations, start_step, enabled=show_progress, label="ppo")
-    stop = common.StopRequest()
     step = start_step
     metrics: dict[str, float] = {}
-    with stop.installed():
-        try:
-            while step < config.iterations:
-                iteration = step + 1
-                iteration_started = time.perf_counter()
-                # 1. rollout (under torchrun: this rank's slice of the prompts, its own samples)
-                prompts = [train_prompts[i] for i in distributed.shard(order.take(config.rollout_batch))]
-                seed = config.seed * _ITERATION_STRIDE + iteration + distributed.rank() * _RANK_SEED_OFFSET
-                rollout = sample_from(False, prompts, seed)
-                batch, mask = rollout.batch.to(device), rollout.batch.response_mask.to(device)
-                # 2. score
-                raw_scores = torch.tensor(
-                    score_responses(reward, prompts, rollout.texts), dtype=torch.float32
+    with loop.running(config.iterations, start_step, show_progress, "ppo") as (progress, stop):
+        while step < config.iterations:
+            iteration = step + 1
+            iteration_started = time.perf_counter()
+            # 1. rollout (under torchrun: this rank's slice of the prompts, its own samples)
+            prompts = [train_prompts[i] for i in distributed.shard(order.take(config.rollout_batch))]
+            seed = config.seed * _ITERATION_STRIDE + iteration + distributed.rank() * _RANK_SEED_OFFSET
+            rollout = sample_from(False, prompts, seed)
+            batch, mask = rollout.batch.to(device), rollout.batch.response_mask.to(device)
+            # 2. score
+            raw_scores = torch.tensor(score_responses(reward, prompts, rollout.texts), dtype=torch.float32)
+            scores = shape_scores(raw_scores, rollout.ended, config.missing_eos_penalty, config.score_clip,
+                                  config.normalize_scores).to(device)  # fmt: skip
+            with torch.no_grad():
+                old_logprobs, old_values = in_chunks(policy_and_values, batch)
+                ref_logprobs = in_chunks(
+                    lambda b: reference_logprobs(policy, reference, b, config.temperature, autocast),
+                    batch,
+                )[0]
+                # 3. per-token KL-penalised rewards, 4. GAE and whitened advantages
+                kl_coef = kl_control.value
+                rewards, objective = kl_penalized_rewards(
+                    scores, old_logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator
                 )
-                scores = shape_scores(raw_scores, rollout.ended, config.missing_eos_penalty, config.score_clip,
-                                      config.normalize_scores).to(device)  # fmt: skip
-                with torch.no_grad():
-                    old_logprobs, old_values = in_chunks(policy_and_values, batch)
-                    ref_logprobs = in_chunks(
-                        lambda b: reference_logprobs(policy, reference, b, config.temperature, autocast),
-                        batch,
-                    )[0]
-                    # 3. per-token KL-penalised rewards, 4. GAE and whitened advantages
-                    kl_coef = kl_control.value
-                    rewards, objective = kl_penalized_rewards(
-                        scores, old_logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator
-                    )
-                    # All ranks' KL drives the controller, so kl_coef stays the same everywhere.
-                    objective = distributed.all_reduce_metrics({k: float(v) for k, v in objective.items()})
-                    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-                    advantages = distributed.masked_whiten(advantages, mask)  # over all ranks' tokens
-                # 5. PPO epochs over shuffled minibatches
-                update_started = time.perf_counter()
-                update = ppo_update(config, optimizer, trainable, lambda b: runner(policy_and_values, b), batch, mask,
-                                    old_logprobs, old_values, advantages, returns, iteration, out)  # fmt: skip
-                kl_control.update(float(objective["objective/kl"]), config.rollout_batch)
-                lengths = mask.sum(-1).float()
-                metrics = {k: float(v) for k, v in objective.items()} | update | {
-                    # The raw score (before penalty, clip and whitening) is what users read as "score".
-                    "objective/scores": float(raw_scores.mean()),
-                    "objective/entropy": float(torch.where(mask, -old_logprobs, 0.0).sum(-1).mean()),
-                    "kl_coef": kl_coef,
-                    "completions/mean_length": float(lengths.mean()),
-                    "completions/eos_fraction": float(rollout.ended.float().mean()),
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "time/rollout": rollout.seconds,
-                    "time/update": time.perf_counter() - update_started,
-                    "time/iteration": time.perf_counter() - iteration_started,  # rollout, scoring, update
-                }  # fmt: skip
-                # The engine samples with its own forward (bf16 where the CPU has bf16 units); the
-                # ratio uses the trainer's. How far apart they are is the off-policy gap that
-                # truncated importance sampling corrects where engine log-probs are used (Yao et al. 2025).
-                gap = (rollout.engine_logprobs.to(device) - old_logprobs).abs()
-                metrics["rollout/logprob_mismatch"] = float(gap[mask].mean())
-                metrics["rollout/logprob_mismatch_max"] = float(gap[mask].max())
-                if config.normalize_scores or config.score_clip > 0 or config.missing_eos_penalty:
-                    metrics["objective/shaped_scores"] = float(objective["objective/scores"])
-                if gold is not None:
-                    gold_scores = score_responses(gold, prompts, rollout.texts)
-                    metrics["objective/gold_scores"] = sum(gold_scores) / len(gold_scores)
-                metrics = distributed.all_reduce_metrics(metrics | distributed.memory_metrics(device))
-                scheduler.step()
-                step = iteration
-                stop.agree()
-                if (
-                    config.eval_every
-                    and eval_prompts
-                    and step % config.eval_every == 0
-                    and step < config.iterations
-                ):
-                    metrics |= evaluate(step)
-                if step % config.log_every == 0 or step == config.iterations or "eval/scores" in metrics:
-                    log.log(step, metrics)
-                progress.update(step, {"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
-                if (config.save_every and step % config.save_every == 0) or stop.requested:
-                    checkpoint(step)
-                if stop.requested:
-                    print(
-                        f"\nppo: {stop.requested} received; checkpoint saved at iteration {step}; resume with --resume",
-                        file=sys.stderr,
-                    )
-                    raise SystemExit(143 if stop.requested == "SIGTERM" else 130)
-        finally:
-            progress.close()
+                # All ranks' KL drives the controller, so kl_coef stays the same everywhere.
+                objective = distributed.all_reduce_metrics({k: float(v) for k, v in objective.items()})
+                advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+                advantages = distributed.masked_whiten(advantages, mask)  # over all ranks' tokens
+            # 5. PPO epochs over shuffled minibatches
+            update_started = time.perf_counter()
+            update = ppo_update(config, optimizer, trainable, lambda b: runner(policy_and_values, b), batch, mask,
+                                old_logprobs, old_values, advantages, returns, iteration, out)  # fmt: skip
+            kl_control.update(float(objective["objective/kl"]), config.rollout_batch)
+            lengths = mask.sum(-1).float()
+            metrics = {k: float(v) for k, v in objective.items()} | update | {
+                # The raw score (before penalty, clip and whitening) is what users read as "score".
+                "objective/scores": float(raw_scores.mean()),
+                "objective/entropy": float(torch.where(mask, -old_logprobs, 0.0).sum(-1).mean()),
+                "kl_coef": kl_coef,
+                "completions/mean_length": float(lengths.mean()),
+                "completions/eos_fraction": float(rollout.ended.float().mean()),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "time/rollout": rollout.seconds,
+                "time/update": time.perf_counter() - update_started,
+                "time/iteration": time.perf_counter() - iteration_started,  # rollout, scoring, update
+            }  # fmt: skip
+            # The engine samples with its own forward (bf16 where the CPU has bf16 units); the
+            # ratio uses the trainer's. How far apart they are is the off-policy gap that
+            # truncated importance sampling corrects where engine log-probs are used (Yao et al. 2025).
+            gap = (rollout.engine_logprobs.to(device) - old_logprobs).abs()
+            metrics["rollout/logprob_mismatch"] = float(gap[mask].mean())
+            metrics["rollout/logprob_mismatch_max"] = float(gap[mask].max())
+            if config.normalize_scores or config.score_clip > 0 or config.missing_eos_penalty:
+                metrics["objective/shaped_scores"] = float(objective["objective/scores"])
+            if gold is not None:
+                gold_scores = score_responses(gold, prompts, rollout.texts)
+                metrics["objective/gold_scores"] = sum(gold_scores) / len(gold_scores)
+            metrics = distributed.all_reduce_metrics(metrics | distributed.memory_metrics(device))
+            scheduler.step()
+            step = iteration
+            loop.finish_step(step, config.iterations, metrics, config,
+                             evaluate=partial(evaluate, step) if eval_prompts else None, log=log, progress=progress,
+                             progress_fields={"score": "objective/scores", "kl": "objective/kl"},
+                             checkpoint=checkpoint, stop=stop,
+                             label="ppo", unit="iteration")  # fmt: skip
 
-    final_metrics = evaluate(step) if eval_prompts else {}
-    if final_metrics:
-        log.log(step, final_metrics)
-    checkpoint(step)
-    if distributed.is_main():
-        finish_run(config, policy, tokenizer, out, final_metrics | {"train/" + k: v for k, v in metrics.items()})
-    log.close()
+    loop.end_of_run(config, step, evaluate=partial(evaluate, step) if eval_prompts else None, log=log,
+                    checkpoint=checkpoint, model=policy, tokenizer=tokenizer, out=out, train_metrics=metrics,
+                    gather_weights=False)  # fmt: skip
     return out
 
 

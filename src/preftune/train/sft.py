@@ -20,10 +20,9 @@ from ..data.batching import collate_sequences
 from ..data.formats import read_sft_examples
 from ..data.tokenize import PairTokenizer
 from ..models.logprobs import batch_logprobs
-from ..runlog import RunLog
-from . import common, distributed
+from . import common, distributed, loop
 from .run_folder import prepare_run_folder
-from .setup import finish_run, load_model_for_training
+from .setup import load_model_for_training
 
 
 def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
@@ -69,61 +68,36 @@ def train_sft(config: SFTConfig, show_progress: bool | None = None) -> Path:
 
     # -- optimizer, schedule, resume -------------------------------------------------------------
     total_steps = common.total_steps_of(config, len(train_rows))
-    optimizer = common.make_optimizer(policy, config.lr, config.weight_decay)
-    scheduler = common.make_scheduler(optimizer, config.scheduler, common.warmup_steps_of(config, total_steps), total_steps)
-    order = common.DataOrder(len(train_rows), config.seed)
-    log = RunLog(out, config, config.report_to, enabled=distributed.is_main())
-    step, tokens_seen = 0, 0
-    if config.resume:
-        step, extra = common.resume_latest(out, policy, optimizer, scheduler, order, log)
-        tokens_seen = extra.get("tokens_seen", 0)
+    optimizer, scheduler, order, log = loop.optimizer_schedule_and_log(config, policy, total_steps, len(train_rows),
+                                                                       out)  # fmt: skip
+    step, tokens_seen = loop.resume_if_asked(config, out, policy, optimizer, scheduler, order, log)
+    checkpoint = loop.checkpoint_saver(config, out, policy, tokenizer, optimizer, scheduler, order,
+                                       lambda: {"tokens_seen": tokens_seen})  # fmt: skip
 
     # -- the loop ------------------------------------------------------------------------------
     policy.train()
-    progress = common.TrainProgress(total_steps, step, enabled=show_progress, label="sft")
-    stop = common.StopRequest()
-    with stop.installed():
-        try:
-            while step < total_steps:
-                step_metrics = {"loss": 0.0, "num_tokens": 0.0}
-                for micro in range(config.grad_accum):
-                    distributed.sync_gradients(runner, micro == config.grad_accum - 1)
-                    loss, metrics = forward(train_rows, distributed.shard(order.take(config.batch_size)))
-                    common.check_finite(loss, step + 1, out)
-                    (loss / config.grad_accum).backward()
-                    step_metrics["loss"] += metrics["loss"] / config.grad_accum
-                    step_metrics["num_tokens"] += metrics["num_tokens"]
-                step_metrics = distributed.all_reduce_metrics(step_metrics | distributed.memory_metrics(device))
-                tokens_seen += int(step_metrics["num_tokens"])
-                step_metrics["num_tokens"] = tokens_seen
-                step_metrics["grad_norm"] = common.grad_norm_and_clip(policy, config.max_grad_norm)
-                common.check_finite_gradients(step_metrics["grad_norm"], step + 1, out)
-                step_metrics["learning_rate"] = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                stop.agree()
-                step_metrics["epoch"] = order.epoch
-                if config.eval_every and eval_rows and step % config.eval_every == 0 and step < total_steps:
-                    step_metrics |= evaluate()
-                if step % config.log_every == 0 or step == total_steps:
-                    log.log(step, step_metrics)
-                progress.update(step, {"loss": step_metrics["loss"]})
-                if (config.save_every and step % config.save_every == 0) or stop.requested:
-                    common.save_checkpoint(out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, {"tokens_seen": tokens_seen})
-                if stop.requested:
-                    print(f"\nsft: {stop.requested} received; checkpoint saved at step {step}; resume with --resume", file=sys.stderr)
-                    raise SystemExit(143 if stop.requested == "SIGTERM" else 130)
-        finally:
-            progress.close()
+    with loop.running(total_steps, step, show_progress, "sft") as (progress, stop):
+        while step < total_steps:
+            step_metrics = {"loss": 0.0, "num_tokens": 0.0}
+            for micro in range(config.grad_accum):
+                distributed.sync_gradients(runner, micro == config.grad_accum - 1)
+                loss, metrics = forward(train_rows, distributed.shard(order.take(config.batch_size)))
+                common.check_finite(loss, step + 1, out)
+                (loss / config.grad_accum).backward()
+                step_metrics["loss"] += metrics["loss"] / config.grad_accum
+                step_metrics["num_tokens"] += metrics["num_tokens"]
+            step_metrics = distributed.all_reduce_metrics(step_metrics | distributed.memory_metrics(device))
+            tokens_seen += int(step_metrics["num_tokens"])
+            step_metrics["num_tokens"] = tokens_seen
+            loop.optimizer_step(config, policy, optimizer, scheduler, step_metrics, step + 1, out)
+            step += 1
+            step_metrics["epoch"] = order.epoch
+            # log_eval_steps=False: sft logs on --log-every and the last step only, as it always has.
+            loop.finish_step(step, total_steps, step_metrics, config, evaluate=evaluate if eval_rows else None,
+                             log=log, progress=progress, progress_fields={"loss": "loss"},
+                             checkpoint=checkpoint, stop=stop, label="sft", log_eval_steps=False)  # fmt: skip
 
-    final_metrics = evaluate() if eval_rows else {}
-    if final_metrics:
-        log.log(step, final_metrics)
-    common.save_checkpoint(out, step, policy, tokenizer, optimizer, scheduler, order, config, config.keep_last, {"tokens_seen": tokens_seen})
-    final_model = distributed.unsharded_model(policy)  # FSDP: the gathered weights, on rank 0
-    if distributed.is_main():
-        finish_run(config, final_model, tokenizer, out, final_metrics, truncation=pair_tokenizer.stats.to_dict())
-    log.close()
+    loop.end_of_run(config, step, evaluate=evaluate if eval_rows else None, log=log, checkpoint=checkpoint,
+                    model=policy, tokenizer=tokenizer, out=out, train_metrics={},
+                    truncation=pair_tokenizer.stats.to_dict())  # fmt: skip
     return out

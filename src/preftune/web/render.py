@@ -76,6 +76,8 @@ environment = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    # Compiled once per process: no file check on every render (templates ship with the package).
+    auto_reload=False,
 )
 environment.filters["markdown"] = markdown_to_html
 environment.filters["breakable"] = breakable

@@ -13,14 +13,13 @@ import contextlib
 import hashlib
 import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from preftune.web import db
@@ -36,8 +35,14 @@ from preftune.web.checks import (  # noqa: F401  (StoreError, NotFound, MAX_ID, 
     isolate,
 )
 from preftune.web.migrations import migrate
+from preftune.web.writer_lock import WriterLock, lock_path
 
 SESSION_SECONDS = 30 * 24 * 3600
+# How long a worker may serve a login session from memory (`Store.cached_session`) on page views.
+# Ending a session in this process (logout, revoke, remove) clears its entry at once; another worker
+# process sees it within this many seconds; state-changing requests always read the database.
+SESSION_CACHE_SECONDS = 5.0
+SESSION_CACHE_SIZE = 10_000
 ROLES = ("admin", "annotator", "judge")
 # Project kinds: two answers compared, or one answer given a thumbs up or down (unpaired, for KTO).
 PROJECT_KINDS = ("pairwise", "thumbs")
@@ -77,9 +82,15 @@ class Store:
         self.url = url
         try:
             self.engine = db.make_engine(url)
+            # SQLite: commits that need not wait for the disk (`db.make_engine`), `write(durable=False)`.
+            sqlite = db.is_sqlite(self.engine)
+            self.light_engine = db.make_engine(url, durable=False) if sqlite else self.engine
         except (ArgumentError, ImportError) as error:
             raise StoreError(f"{url}: not a usable database URL ({error})") from None
-        self._write_lock = threading.Lock() if db.is_sqlite(self.engine) else contextlib.nullcontext()
+        lock = WriterLock(lock_path(self.engine.url.database)) if sqlite else None
+        self._write_lock = lock or contextlib.nullcontext()
+        # token hash -> (monotonic time read, session row): see `cached_session`.
+        self._sessions: dict[str, tuple[float, dict[str, Any]]] = {}
         try:
             self.schema_version = migrate(self.engine)
         except OperationalError as error:
@@ -94,6 +105,10 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.light_engine is not self.engine:
+            self.light_engine.dispose()
+        if isinstance(self._write_lock, WriterLock):
+            self._write_lock.close()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -101,14 +116,17 @@ class Store:
             yield connection
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, durable: bool = True) -> Iterator[Connection]:
         """A transaction that commits on success; on SQLite it holds the write lock from its start.
 
-        SQLite has one writer at a time. Threads of this process queue on a lock instead of in
-        SQLite's busy handler, whose sleep-and-retry polling adds up to 100 ms per wait at the tail;
-        the busy timeout still covers other processes (an export running beside the server).
+        SQLite has one writer at a time. The server's threads and worker processes queue on
+        `WriterLock` instead of in SQLite's busy handler, whose sleep-and-retry polling adds up to
+        100 ms per wait at the tail; the busy timeout still covers other programs (an export run
+        beside the server). `durable=False`: the commit does not wait for the disk, for data a
+        power cut may lose (see `db.make_engine`); never for votes.
         """
-        with self._write_lock, self.engine.connect().execution_options(preftune_write=True) as connection:
+        engine = self.engine if durable else self.light_engine
+        with self._write_lock, engine.connect().execution_options(preftune_write=True) as connection:
             with connection.begin():
                 yield connection
 
@@ -315,6 +333,7 @@ class Store:
         with self.write() as c:
             c.execute(update(db.users).where(db.users.c.id == user_id).values(token_hash=None))
             c.execute(delete(db.sessions).where(db.sessions.c.user_id == user_id))
+        self._forget_sessions_of(user_id)
 
     def remove_user(self, user_id: int) -> int:
         """Remove an annotator: no link, no sessions, no unvoted items (they can be re-assigned).
@@ -330,7 +349,9 @@ class Store:
                 .values(token_hash=None, removed_at=time.time())
             )
             c.execute(delete(db.sessions).where(db.sessions.c.user_id == user_id))
-            return c.execute(delete(a).where(a.c.user_id == user_id, a.c.done.is_(False))).rowcount
+            freed = c.execute(delete(a).where(a.c.user_id == user_id, a.c.done.is_(False))).rowcount
+        self._forget_sessions_of(user_id)
+        return freed
 
     def has_admin(self) -> bool:
         with self.read() as c:
@@ -356,17 +377,46 @@ class Store:
         return token, csrf
 
     def session(self, token: str) -> dict[str, Any] | None:
-        """The live session for a cookie value, joined with its user, or None."""
-        s, u = db.sessions, db.users
-        query = (
-            select(s.c.user_id, s.c.csrf, u.c.name, u.c.role, u.c.project_id)
-            .join(u, u.c.id == s.c.user_id)
-            .where(s.c.token_hash == hash_token(token), s.c.expires_at > time.time(), u.c.removed_at.is_(None))
-        )
+        """The live session for a cookie value, joined with its user, or None (read from the database)."""
+        token_hash = hash_token(token)
         with self.read() as c:
-            return _row(c.execute(query).first())
+            found = _row(c.execute(_SESSION, {"token_hash": token_hash, "now": time.time()}).first())
+        if found is None:
+            self._sessions.pop(token_hash, None)
+        else:
+            if len(self._sessions) >= SESSION_CACHE_SIZE:
+                self._sessions.clear()  # crude, and rare: only stale or idle entries make it this big
+            self._sessions[token_hash] = (time.monotonic(), found)
+        return found
+
+    def cached_session(self, token: str) -> dict[str, Any] | None:
+        """`session`, served from this process's memory when read less than `SESSION_CACHE_SECONDS` ago.
+
+        For page views: a page view that reads the session row every time costs a pool checkout
+        and a statement per request. A session that ends elsewhere (another worker, a direct
+        database edit) may still be served here for that long; its expiry time is always checked.
+        """
+        hit = self.session_from_cache(token)
+        return hit if hit is not None else self.session(token)
+
+    def session_from_cache(self, token: str) -> dict[str, Any] | None:
+        """The cached session row if it is fresh and unexpired, else None (the database is not read)."""
+        hit = self._sessions.get(hash_token(token))
+        if hit is None or time.monotonic() - hit[0] >= SESSION_CACHE_SECONDS:
+            return None
+        return hit[1] if hit[1]["expires_at"] > time.time() else None
+
+    def forget_session(self, token: str) -> None:
+        """Drop a session from this process's cache (it ended, or the database no longer has it)."""
+        self._sessions.pop(hash_token(token), None)
+
+    def _forget_sessions_of(self, user_id: int) -> None:
+        for token_hash, (_when, row) in list(self._sessions.items()):
+            if row["user_id"] == user_id:
+                self._sessions.pop(token_hash, None)
 
     def end_session(self, token: str) -> None:
+        self.forget_session(token)
         with self.write() as c:
             c.execute(delete(db.sessions).where(db.sessions.c.token_hash == hash_token(token)))
 
@@ -402,6 +452,19 @@ class Store:
                 .values(status="failed", message="interrupted: the server stopped", updated_at=time.time())
             )
             return result.rowcount
+
+
+# Built once: SQLAlchemy caches the compiled form of a module-level statement across requests.
+_SESSION = (
+    select(db.sessions.c.user_id, db.sessions.c.csrf, db.sessions.c.expires_at,
+           db.users.c.name, db.users.c.role, db.users.c.project_id)
+    .join(db.users, db.users.c.id == db.sessions.c.user_id)
+    .where(
+        db.sessions.c.token_hash == bindparam("token_hash"),
+        db.sessions.c.expires_at > bindparam("now"),
+        db.users.c.removed_at.is_(None),
+    )
+)  # fmt: skip
 
 
 def _decode_item(row: Any) -> dict[str, Any]:

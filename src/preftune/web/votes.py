@@ -6,15 +6,21 @@ was pressed through the assignment's stored order, and the vote keeps a copy of 
 Exactly-once recording rests on two unique constraints, not on luck: `vote_uid` (a retry of the same
 submission returns the vote already stored) and `assignment_id` (a second, different submission for
 the same item is refused). Both hold under SQLite and PostgreSQL alike.
+
+The annotate page and the vote are the hot path (one request each per vote): `open_item` and
+`record_vote` each do their work in one connection and one transaction, with statements built once
+at import (SQLAlchemy then reuses their compiled form). `tests/web/test_labeling_request_counts.py`
+holds them to a counted number of statements.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from preftune.web import db
@@ -39,6 +45,96 @@ class NotAssigned(StoreError):
 
 class AlreadyVoted(StoreError):
     """This person already voted on the item with another vote id (maps to HTTP 409)."""
+
+
+class SessionEnded(StoreError):
+    """The login session the vote came with is no longer live (the route answers 401)."""
+
+
+_a, _v, _i, _p, _s, _u = db.assignments, db.votes, db.items, db.projects, db.sessions, db.users
+# The annotate page's assignment with its item and project in one row (columns prefixed item__ and
+# project__), either the next undone one in the queue or the one for a given item.
+_ASSIGNMENT_PAGE = (
+    select(_a, *[c.label(f"item__{c.name}") for c in _i.c], *[c.label(f"project__{c.name}") for c in _p.c])
+    .join(_i, _i.c.id == _a.c.item_id)
+    .join(_p, _p.c.id == _a.c.project_id)
+)
+_NEXT_PAGE = (
+    _ASSIGNMENT_PAGE.where(_a.c.user_id == bindparam("user_id"), _a.c.done.is_(False))
+    .order_by(_a.c.position)
+    .limit(1)
+)
+_ITEM_PAGE = _ASSIGNMENT_PAGE.where(
+    _a.c.user_id == bindparam("user_id"), _a.c.item_id == bindparam("item_id")
+)
+_MARK_SHOWN = (
+    update(_a)
+    .where(_a.c.id == bindparam("assignment_id"), _a.c.shown_at.is_(None))
+    .values(shown_at=bindparam("now"))
+)
+# total, done (answered or skipped), skipped: one statement.
+_QUEUE_COUNTS = select(
+    func.count(),
+    func.count().filter(_a.c.done.is_(True)),
+    select(func.count()).where(_v.c.user_id == bindparam("user_id"), _v.c.choice == "skip").scalar_subquery(),
+).where(_a.c.user_id == bindparam("user_id"))
+_LIVE_SESSION = exists().where(
+    _s.c.token_hash == bindparam("token_hash"),
+    _s.c.user_id == bindparam("user_id"),
+    _s.c.expires_at > bindparam("now"),
+    _u.c.id == _s.c.user_id,
+    _u.c.removed_at.is_(None),
+)
+# The vote's assignment with its project kind and whether the login session is live, in one row.
+_VOTE_TARGET = (
+    select(_a, _p.c.kind, _LIVE_SESSION.label("session_live"))
+    .join(_p, _p.c.id == _a.c.project_id)
+    .where(_a.c.user_id == bindparam("user_id"), _a.c.item_id == bindparam("item_id"))
+)
+_SESSION_IS_LIVE = select(_LIVE_SESSION)
+_VOTE_BY_UID = select(_v).where(_v.c.vote_uid == bindparam("vote_uid"))
+_VOTE_BY_ASSIGNMENT = select(_v).where(_v.c.assignment_id == bindparam("assignment_id"))
+_INSERT_VOTE = insert(_v)
+_MARK_DONE = update(_a).where(_a.c.id == bindparam("assignment_id")).values(done=True)
+# What the page offers, by project kind; 'left'/'right' become 'a'/'b' through the shown order.
+SHOWN_CHOICES = {"pairwise": ("left", "right", "tie", "both_bad", "skip"), "thumbs": ("up", "down", "skip")}
+
+
+def open_item(
+    store: Store, user_id: int, item_id: int | None = None
+) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """Everything the annotate page needs, in one transaction: (assignment, queue counts).
+
+    The assignment is the next undone one in the person's queue, or the one for `item_id`; it
+    carries its decoded item as "item" and its project as "project", and is marked shown the first
+    time (the clock for seconds-per-vote). None when the queue is finished or the item is not theirs.
+    A write transaction even when nothing needs marking: on SQLite a read that turns into a write
+    can fail at once with SQLITE_BUSY (see `db.py`), and nearly every page view is a first showing.
+    Not a durable one: a power cut may lose a shown time (the vote then has no seconds), never a
+    vote, and the page view is spared an fsync under SQLite's one write lock.
+    """
+    with store.write(durable=False) as c:
+        params = {"user_id": user_id} if item_id is None else {"user_id": user_id, "item_id": item_id}
+        row = c.execute(_NEXT_PAGE if item_id is None else _ITEM_PAGE, params).first()
+        assignment = None if row is None else _split_page_row(row)
+        if assignment is not None and assignment["shown_at"] is None and not assignment["done"]:
+            c.execute(_MARK_SHOWN, {"assignment_id": assignment["id"], "now": time.time()})
+        counts = _queue_counts(c, user_id)
+    return assignment, counts
+
+
+def _split_page_row(row: Any) -> dict[str, Any]:
+    assignment, item, project = {}, {}, {}
+    for key, value in row._mapping.items():
+        if key.startswith("item__"):
+            item[key[6:]] = value
+        elif key.startswith("project__"):
+            project[key[9:]] = value
+        else:
+            assignment[key] = value
+    item["prompt"] = json.loads(item["prompt"])
+    assignment["item"], assignment["project"] = item, project
+    return assignment
 
 
 def next_assignment(store: Store, user_id: int) -> dict[str, Any] | None:
@@ -75,12 +171,12 @@ def progress(store: Store, user_id: int) -> tuple[int, int]:
 
 def queue_counts(store: Store, user_id: int) -> dict[str, int]:
     """A person's queue: total, done (answered or skipped), and of those voted and skipped."""
-    a, v = db.assignments, db.votes
-    query = select(func.count(), func.count().filter(a.c.done.is_(True))).where(a.c.user_id == user_id)
-    skips = select(func.count()).where(v.c.user_id == user_id, v.c.choice == "skip")
     with store.read() as c:
-        total, done = c.execute(query).one()
-        skipped = c.execute(skips).scalar()
+        return _queue_counts(c, user_id)
+
+
+def _queue_counts(c: Connection, user_id: int) -> dict[str, int]:
+    total, done, skipped = c.execute(_QUEUE_COUNTS, {"user_id": user_id}).one()
     return {"total": total, "done": done, "voted": done - skipped, "skipped": skipped}
 
 
@@ -110,15 +206,23 @@ def undo_last_vote(store: Store, user_id: int) -> int:
 
 
 def validate_vote(vote_uid: str, choice: str, strength: int | None, rationale: str) -> None:
+    _validate_uid_and_rationale(vote_uid, rationale)
+    _validate_choice(choice, strength)
+
+
+def _validate_uid_and_rationale(vote_uid: str, rationale: str) -> None:
     if not isinstance(vote_uid, str) or not _VOTE_UID.match(vote_uid):
         raise StoreError("vote id must be 8-100 characters of letters, digits and : _ . -")
+    if len(rationale) > MAX_RATIONALE:
+        raise StoreError(f"rationale is longer than {MAX_RATIONALE} characters")
+    check_text(rationale, "the rationale")
+
+
+def _validate_choice(choice: str, strength: int | None) -> None:
     if choice not in CHOICES:
         raise StoreError(f"choice must be one of {', '.join(CHOICES)}, not {choice!r}")
     if strength is not None and (choice not in ("a", "b") or strength not in range(1, len(STRENGTHS))):
         raise StoreError("strength (1-4) goes only with an 'a' or 'b' choice")
-    if len(rationale) > MAX_RATIONALE:
-        raise StoreError(f"rationale is longer than {MAX_RATIONALE} characters")
-    check_text(rationale, "the rationale")
 
 
 def record_vote(
@@ -129,33 +233,55 @@ def record_vote(
     choice: str,
     strength: int | None = None,
     rationale: str = "",
+    *,
+    as_shown: bool = False,
+    session_token_hash: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store a vote exactly once. Returns (the vote, whether this call created it).
 
     Raises NotAssigned when the item is not in the person's queue, AlreadyVoted when they voted on
     it under another vote id, StoreError on a malformed vote.
+
+    With `as_shown`, `choice` is what the page offered (`SHOWN_CHOICES`), translated here through
+    the assignment's stored order, and a strength that goes with neither side is dropped. With
+    `session_token_hash`, the vote is stored only while that login session of this person is live,
+    checked in the same transaction (SessionEnded otherwise): the route can then trust a cached
+    session for its CSRF check. One transaction either way, acknowledged only after its commit.
     """
-    validate_vote(vote_uid, choice, strength, rationale)
-    v, a = db.votes, db.assignments
+    _validate_uid_and_rationale(vote_uid, rationale)
+    if not as_shown:
+        _validate_choice(choice, strength)
+    now = time.time()
+    session_check = {"token_hash": session_token_hash, "now": now}
     try:
         with store.write() as c:
-            existing = c.execute(select(v).where(v.c.vote_uid == vote_uid)).first()
-            if existing is not None:
-                return _same_submitter(existing, user_id, item_id), False
-            assignment = c.execute(select(a).where(a.c.user_id == user_id, a.c.item_id == item_id)).first()
+            assignment = c.execute(
+                _VOTE_TARGET, {"user_id": user_id, "item_id": item_id, **session_check}
+            ).first()
+            if session_token_hash is not None:
+                live = assignment.session_live if assignment is not None else c.execute(
+                    _SESSION_IS_LIVE, {"user_id": user_id, **session_check}
+                ).scalar()  # fmt: skip
+                if not live:
+                    raise SessionEnded("the login session has ended")
             if assignment is None:
                 raise NotAssigned(f"item {item_id} is not assigned to you")
-            kind = c.execute(select(db.projects.c.kind).where(db.projects.c.id == assignment.project_id)).scalar()
+            kind = assignment.kind
+            if as_shown:
+                choice, strength = _from_shown(choice, strength, assignment.shown_left, kind)
+                _validate_choice(choice, strength)
             if choice not in CHOICES_BY_KIND[kind]:
                 raise StoreError(f"a {kind} project takes {', '.join(CHOICES_BY_KIND[kind])}, not {choice!r}")
             if assignment.done:
-                # Under READ COMMITTED a twin of this request may have committed since the lookup
-                # above: if the stored vote is this very submission, it is a retry, not a conflict.
-                stored = c.execute(select(v).where(v.c.assignment_id == assignment.id)).first()
+                # A retry of the vote that made it done (same vote id), or a second vote: under READ
+                # COMMITTED a twin of this request may also have committed since it started.
+                stored = c.execute(_VOTE_BY_ASSIGNMENT, {"assignment_id": assignment.id}).first()
                 if stored is not None and stored.vote_uid == vote_uid:
                     return dict(stored._mapping), False
+                reused = c.execute(_VOTE_BY_UID, {"vote_uid": vote_uid}).first()
+                if reused is not None:
+                    return _same_submitter(reused, user_id, item_id), False  # another item's: refused
                 raise AlreadyVoted(f"you already voted on item {item_id}")
-            now = time.time()
             values = dict(
                 vote_uid=vote_uid,
                 assignment_id=assignment.id,
@@ -169,16 +295,27 @@ def record_vote(
                 seconds=None if assignment.shown_at is None else max(now - assignment.shown_at, 0.0),
                 created_at=now,
             )
-            values["id"] = c.execute(insert(v).values(**values)).inserted_primary_key[0]
-            c.execute(update(a).where(a.c.id == assignment.id).values(done=True))
+            # No lookup of the vote id first: a reused one fails the unique constraint, handled below.
+            values["id"] = c.execute(_INSERT_VOTE, values).inserted_primary_key[0]
+            c.execute(_MARK_DONE, {"assignment_id": assignment.id})
     except IntegrityError:
-        # A concurrent duplicate won the race (PostgreSQL READ COMMITTED): return what it stored.
+        # The vote id is taken (by another vote, or by a concurrent duplicate of this one that won
+        # the race under PostgreSQL READ COMMITTED), or the assignment's vote is: what is stored?
         with store.read() as c:
-            existing = c.execute(select(v).where(v.c.vote_uid == vote_uid)).first()
+            existing = c.execute(_VOTE_BY_UID, {"vote_uid": vote_uid}).first()
         if existing is None:
             raise AlreadyVoted(f"you already voted on item {item_id}") from None
         return _same_submitter(existing, user_id, item_id), False
     return values, True
+
+
+def _from_shown(shown: str, strength: int | None, shown_left: str, kind: str) -> tuple[str, int | None]:
+    """A choice in the page's terms -> (choice in item terms, strength kept only with a side)."""
+    offered = SHOWN_CHOICES[kind]
+    if shown not in offered:
+        raise StoreError(f"choice must be one of {', '.join(offered)}")
+    choice = {"left": shown_left, "right": "b" if shown_left == "a" else "a"}.get(shown, shown)
+    return choice, strength if choice in ("a", "b") else None
 
 
 def _same_submitter(existing: Any, user_id: int, item_id: int) -> dict[str, Any]:

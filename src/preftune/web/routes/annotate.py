@@ -1,9 +1,10 @@
 """The annotator's pages: one item at a time from their own queue, and the vote.
 
-An annotator reaches an item only through their own assignment (`votes.assignment_for`); anything
-else is 403, whether the item belongs to someone else or does not exist, so ids reveal nothing.
-The page names the sides "left"/"right"; the vote is translated to 'a'/'b' here, through the
-order stored with the assignment, which is also the order the page was rendered in. A thumbs
+An annotator reaches an item only through their own assignment (`votes.open_item` for the page,
+`votes.record_vote` for the vote); anything else is 403, whether the item belongs to someone else
+or does not exist, so ids reveal nothing. The page names the sides "left"/"right"; the vote is
+translated to 'a'/'b' in `votes.record_vote`, through the order stored with the assignment, which
+is also the order the page was rendered in. A thumbs
 project shows one answer and takes 'up', 'down' or 'skip' as they are.
 """
 
@@ -18,12 +19,17 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from preftune.web import votes
 from preftune.web.render import render, wants_json
-from preftune.web.security import get_store, require_annotator
+from preftune.web.security import (
+    checks_session_itself,
+    get_store,
+    require_annotator,
+    session_ended,
+    session_token_hash,
+)
 
 router = APIRouter(prefix="/annotate", dependencies=[Depends(require_annotator)])
 
-DISPLAY_CHOICES = ("left", "right", "tie", "both_bad", "skip")
-THUMBS_CHOICES = ("up", "down", "skip")
+THUMBS_CHOICES = votes.SHOWN_CHOICES["thumbs"]
 STRENGTH_VALUES = ("", "1", "2", "3", "4")
 
 
@@ -31,14 +37,10 @@ def _other(side: str) -> str:
     return "b" if side == "a" else "a"
 
 
-def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, Any]):
-    store = get_store(request)
-    item = store.item(assignment["item_id"])
-    if assignment["shown_at"] is None:
-        votes.mark_shown(store, assignment["id"])
-    counts = votes.queue_counts(store, session["user_id"])
+def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, Any], counts: dict[str, int]):
+    """The page for an assignment from `votes.open_item` (which carries its item and project)."""
+    item, project = assignment["item"], assignment["project"]
     done, total = counts["done"], counts["total"]
-    project = store.project(item["project_id"])
     if project["kind"] == "thumbs":
         return _thumbs_page(request, session, project, item, counts)
     left_key = assignment["shown_left"]
@@ -57,6 +59,7 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
                 "csrf": session["csrf"],
             }
         )
+    store = get_store(request)
     # Judges' picks in the page's terms (A is whatever is on the left for this person).
     side = {left_key: "A is better", _other(left_key): "B is better", "tie": "a tie", "both_bad": "both bad"}
     suggestions = (
@@ -101,16 +104,15 @@ def _thumbs_page(request: Request, session: dict[str, Any], project: dict[str, A
 @router.get("")
 def next_item(request: Request, session: dict = Depends(require_annotator)):
     store = get_store(request)
-    assignment = votes.next_assignment(store, session["user_id"])
+    assignment, counts = votes.open_item(store, session["user_id"])
     if assignment is None:
-        counts = votes.queue_counts(store, session["user_id"])
         if wants_json(request):
             return JSONResponse({"item_id": None, **counts})
         return render(
             request, "done.html", title="Done", counts=counts,
             can_undo=votes.last_vote(store, session["user_id"]) is not None,
         )  # fmt: skip
-    return _item_page(request, session, assignment)
+    return _item_page(request, session, assignment, counts)
 
 
 @router.post("/undo")
@@ -125,13 +127,13 @@ def undo(request: Request, session: dict = Depends(require_annotator)):
 
 @router.get("/items/{item_id}")
 def show_item(request: Request, item_id: int, session: dict = Depends(require_annotator)):
-    assignment = votes.assignment_for(get_store(request), session["user_id"], item_id)
+    assignment, counts = votes.open_item(get_store(request), session["user_id"], item_id)
     if assignment is None:
         raise HTTPException(403, "this item is not assigned to you")
     if assignment["done"]:
         # Never the same item twice: a voted item sends you on to the next one.
         return RedirectResponse("/annotate", status_code=303)
-    return _item_page(request, session, assignment)
+    return _item_page(request, session, assignment, counts)
 
 
 @router.get("/guidelines")
@@ -141,6 +143,7 @@ def guidelines(request: Request, session: dict = Depends(require_annotator)):
 
 
 @router.post("/items/{item_id}/vote")
+@checks_session_itself
 def vote(
     request: Request,
     item_id: int,
@@ -150,24 +153,21 @@ def vote(
     rationale: str = Form(""),
     session: dict = Depends(require_annotator),
 ):
-    store = get_store(request)
-    assignment = votes.assignment_for(store, session["user_id"], item_id)
-    if assignment is None:
-        raise HTTPException(403, "this item is not assigned to you")
-    shown = THUMBS_CHOICES if store.project(assignment["project_id"])["kind"] == "thumbs" else DISPLAY_CHOICES
-    if choice not in shown:
-        raise HTTPException(400, f"choice must be one of {', '.join(shown)}")
-    stored_choice = {"left": assignment["shown_left"], "right": _other(assignment["shown_left"])}.get(
-        choice, choice
-    )
     # Exactly the documented values: str.isdigit() also takes '²' and '٣', and int() of 5,000 digits
     # raises past Python's conversion limit.
     if strength not in STRENGTH_VALUES:
         raise HTTPException(400, "strength must be 1, 2, 3 or 4 (or left empty)")
-    strength_value = int(strength) if strength and stored_choice in ("a", "b") else None
-    recorded, created = votes.record_vote(
-        store, session["user_id"], item_id, vote_id, stored_choice, strength_value, rationale.strip()
-    )
+    try:
+        # One transaction: the session re-checked, the choice read through the stored order, the
+        # vote stored and the assignment marked done (see `votes.record_vote`).
+        recorded, created = votes.record_vote(
+            get_store(request), session["user_id"], item_id, vote_id, choice, int(strength) if strength else None,
+            rationale.strip(), as_shown=True, session_token_hash=session_token_hash(request),
+        )  # fmt: skip
+    except votes.SessionEnded:
+        raise session_ended(request) from None
+    except votes.NotAssigned:
+        raise HTTPException(403, "this item is not assigned to you") from None
     if wants_json(request):
         return JSONResponse(
             {
