@@ -21,8 +21,9 @@ from preftune.web.security import COOKIE
 from preftune.web.store import hash_token
 
 # Per vote (GET /annotate + POST vote), at most: one checkout and one transaction per request;
-# statements not counting SQLite's explicit BEGINs (3 for the page, 3 for the vote).
-MAX_CHECKOUTS, MAX_TRANSACTIONS, MAX_STATEMENTS = 2, 2, 6
+# statements not counting SQLite's explicit BEGINs (2 for the page: the item with its queue
+# counts, the first-shown mark; 3 for the vote).
+MAX_CHECKOUTS, MAX_TRANSACTIONS, MAX_STATEMENTS = 2, 2, 5
 VOTES = 6
 
 

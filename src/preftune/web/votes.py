@@ -9,8 +9,10 @@ the same item is refused). Both hold under SQLite and PostgreSQL alike.
 
 The annotate page and the vote are the hot path (one request each per vote): `open_item` and
 `record_vote` each do their work in one connection and one transaction, with statements built once
-at import (SQLAlchemy then reuses their compiled form). `tests/web/test_labeling_request_counts.py`
-holds them to a counted number of statements.
+at import (SQLAlchemy then reuses their compiled form): the page is one SELECT (the next item with
+the queue's counts as scalar subqueries, only the columns the page uses) plus the first-shown
+UPDATE; the vote is its target's SELECT, the INSERT and the UPDATE that marks it done.
+`tests/web/test_labeling_request_counts.py` holds them to that count.
 """
 
 from __future__ import annotations
@@ -52,10 +54,31 @@ class SessionEnded(StoreError):
 
 
 _a, _v, _i, _p, _s, _u = db.assignments, db.votes, db.items, db.projects, db.sessions, db.users
-# The annotate page's assignment with its item and project in one row (columns prefixed item__ and
-# project__), either the next undone one in the queue or the one for a given item.
+# The queue's counts for bindparam("user_id"): total, done (answered or skipped), skipped.
+_COUNT_TOTAL = select(func.count()).where(_a.c.user_id == bindparam("user_id")).scalar_subquery()
+_COUNT_DONE = (
+    select(func.count()).where(_a.c.user_id == bindparam("user_id"), _a.c.done.is_(True)).scalar_subquery()
+)
+_COUNT_SKIPPED = (
+    select(func.count()).where(_v.c.user_id == bindparam("user_id"), _v.c.choice == "skip").scalar_subquery()
+)
+_QUEUE_COUNTS = select(_COUNT_TOTAL, _COUNT_DONE, _COUNT_SKIPPED)
+# What the annotate page uses of the assignment, its item (prefixed item__) and project (project__).
+_PAGE_COLUMNS = [_a.c.id, _a.c.item_id, _a.c.project_id, _a.c.shown_left, _a.c.shown_at, _a.c.done]
+_PAGE_COLUMNS += [c.label(f"item__{c.name}") for c in (_i.c.id, _i.c.prompt, _i.c.response_a, _i.c.response_b)]
+_PAGE_COLUMNS += [
+    c.label(f"project__{c.name}") for c in (_p.c.id, _p.c.name, _p.c.guideline, _p.c.kind, _p.c.show_suggestions)
+]
+# The page's assignment and the queue's counts in one row: one statement instead of two per view.
+# The counts ride along as scalar subqueries (labelled count__); a finished queue returns no row
+# and is counted on its own (`open_item`).
 _ASSIGNMENT_PAGE = (
-    select(_a, *[c.label(f"item__{c.name}") for c in _i.c], *[c.label(f"project__{c.name}") for c in _p.c])
+    select(
+        *_PAGE_COLUMNS,
+        _COUNT_TOTAL.label("count__total"),
+        _COUNT_DONE.label("count__done"),
+        _COUNT_SKIPPED.label("count__skipped"),
+    )
     .join(_i, _i.c.id == _a.c.item_id)
     .join(_p, _p.c.id == _a.c.project_id)
 )
@@ -72,12 +95,6 @@ _MARK_SHOWN = (
     .where(_a.c.id == bindparam("assignment_id"), _a.c.shown_at.is_(None))
     .values(shown_at=bindparam("now"))
 )
-# total, done (answered or skipped), skipped: one statement.
-_QUEUE_COUNTS = select(
-    func.count(),
-    func.count().filter(_a.c.done.is_(True)),
-    select(func.count()).where(_v.c.user_id == bindparam("user_id"), _v.c.choice == "skip").scalar_subquery(),
-).where(_a.c.user_id == bindparam("user_id"))
 _LIVE_SESSION = exists().where(
     _s.c.token_hash == bindparam("token_hash"),
     _s.c.user_id == bindparam("user_id"),
@@ -116,25 +133,29 @@ def open_item(
     with store.write(durable=False) as c:
         params = {"user_id": user_id} if item_id is None else {"user_id": user_id, "item_id": item_id}
         row = c.execute(_NEXT_PAGE if item_id is None else _ITEM_PAGE, params).first()
-        assignment = None if row is None else _split_page_row(row)
-        if assignment is not None and assignment["shown_at"] is None and not assignment["done"]:
+        if row is None:
+            return None, _queue_counts(c, user_id)
+        assignment, counts = _split_page_row(row)
+        if assignment["shown_at"] is None and not assignment["done"]:
             c.execute(_MARK_SHOWN, {"assignment_id": assignment["id"], "now": time.time()})
-        counts = _queue_counts(c, user_id)
     return assignment, counts
 
 
-def _split_page_row(row: Any) -> dict[str, Any]:
-    assignment, item, project = {}, {}, {}
+def _split_page_row(row: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """(assignment with "item" and "project", queue counts) from a row of `_ASSIGNMENT_PAGE`."""
+    assignment, item, project, counted = {}, {}, {}, {}
     for key, value in row._mapping.items():
         if key.startswith("item__"):
             item[key[6:]] = value
         elif key.startswith("project__"):
             project[key[9:]] = value
+        elif key.startswith("count__"):
+            counted[key[7:]] = value
         else:
             assignment[key] = value
     item["prompt"] = json.loads(item["prompt"])
     assignment["item"], assignment["project"] = item, project
-    return assignment
+    return assignment, _counts(counted["total"], counted["done"], counted["skipped"])
 
 
 def next_assignment(store: Store, user_id: int) -> dict[str, Any] | None:
@@ -176,7 +197,10 @@ def queue_counts(store: Store, user_id: int) -> dict[str, int]:
 
 
 def _queue_counts(c: Connection, user_id: int) -> dict[str, int]:
-    total, done, skipped = c.execute(_QUEUE_COUNTS, {"user_id": user_id}).one()
+    return _counts(*c.execute(_QUEUE_COUNTS, {"user_id": user_id}).one())
+
+
+def _counts(total: int, done: int, skipped: int) -> dict[str, int]:
     return {"total": total, "done": done, "voted": done - skipped, "skipped": skipped}
 
 
