@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from preftune.web.db import DEFAULT_DB
 from preftune.web.render import STATIC_DIR, render, wants_json
 from preftune.web.routes import admin, admin_items, annotate, auth, dashboard, playground
+from preftune.web.routes.annotate_hot import HotAnnotate
 from preftune.web.security import SecurityLayer, csrf_protect, log_config, refuse_out_of_range
 from preftune.web.store import NotFound, Store, StoreError
 from preftune.web.votes import AlreadyVoted, NotAssigned
@@ -76,6 +77,9 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)
+    # Before every other route: the common case of the annotators' two requests per vote on plain
+    # Starlette; anything else it leaves to the routes above (see routes/annotate_hot.py).
+    app.router.routes.insert(0, HotAnnotate(store))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):

@@ -37,28 +37,42 @@ def _other(side: str) -> str:
     return "b" if side == "a" else "a"
 
 
+def item_json(session: dict[str, Any], assignment: dict[str, Any] | None, counts: dict[str, int]) -> dict[str, Any]:
+    """The JSON form of the annotate page (script clients, `bench/labeling_load.py`), for an
+    assignment from `votes.open_item`, or None when the queue is finished. Also the hot route's."""
+    if assignment is None:
+        return {"item_id": None, **counts}
+    item, project = assignment["item"], assignment["project"]
+    vote_url = f"/annotate/items/{item['id']}/vote"
+    if project["kind"] == "thumbs":
+        return {
+            "item_id": item["id"], "prompt": item["prompt"], "answer": item["response_a"], "vote_url": vote_url,
+            "choices": list(THUMBS_CHOICES), "done": counts["done"], "total": counts["total"], "csrf": session["csrf"],
+        }  # fmt: skip
+    left_key = assignment["shown_left"]
+    return {
+        "item_id": item["id"],
+        "prompt": item["prompt"],
+        "left": item[f"response_{left_key}"],
+        "right": item[f"response_{_other(left_key)}"],
+        "vote_url": vote_url,
+        "done": counts["done"],
+        "total": counts["total"],
+        # For script clients; as safe here as in the page: other origins cannot read it.
+        "csrf": session["csrf"],
+    }
+
+
 def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, Any], counts: dict[str, int]):
     """The page for an assignment from `votes.open_item` (which carries its item and project)."""
+    if wants_json(request):
+        return JSONResponse(item_json(session, assignment, counts))
     item, project = assignment["item"], assignment["project"]
     done, total = counts["done"], counts["total"]
     if project["kind"] == "thumbs":
         return _thumbs_page(request, session, project, item, counts)
     left_key = assignment["shown_left"]
     left, right = item[f"response_{left_key}"], item[f"response_{_other(left_key)}"]
-    if wants_json(request):
-        return JSONResponse(
-            {
-                "item_id": item["id"],
-                "prompt": item["prompt"],
-                "left": left,
-                "right": right,
-                "vote_url": f"/annotate/items/{item['id']}/vote",
-                "done": done,
-                "total": total,
-                # For script clients; as safe here as in the page: other origins cannot read it.
-                "csrf": session["csrf"],
-            }
-        )
     store = get_store(request)
     # Judges' picks in the page's terms (A is whatever is on the left for this person).
     side = {left_key: "A is better", _other(left_key): "B is better", "tie": "a tie", "both_bad": "both bad"}
@@ -87,12 +101,6 @@ def _item_page(request: Request, session: dict[str, Any], assignment: dict[str, 
 
 def _thumbs_page(request: Request, session: dict[str, Any], project: dict[str, Any], item: dict[str, Any], counts: dict[str, int]):
     """One answer, thumbs up or down (a thumbs project)."""
-    if wants_json(request):
-        return JSONResponse({
-            "item_id": item["id"], "prompt": item["prompt"], "answer": item["response_a"],
-            "vote_url": f"/annotate/items/{item['id']}/vote", "choices": list(THUMBS_CHOICES),
-            "done": counts["done"], "total": counts["total"], "csrf": session["csrf"],
-        })  # fmt: skip
     return render(
         request, "annotate_thumbs.html", title=project["name"], project=project, item=item, answer=item["response_a"],
         done=counts["done"], total=counts["total"], vote_id=str(uuid.uuid4()), counts=counts,
@@ -107,7 +115,7 @@ def next_item(request: Request, session: dict = Depends(require_annotator)):
     assignment, counts = votes.open_item(store, session["user_id"])
     if assignment is None:
         if wants_json(request):
-            return JSONResponse({"item_id": None, **counts})
+            return JSONResponse(item_json(session, None, counts))
         return render(
             request, "done.html", title="Done", counts=counts,
             can_undo=votes.last_vote(store, session["user_id"]) is not None,
@@ -153,6 +161,17 @@ def vote(
     rationale: str = Form(""),
     session: dict = Depends(require_annotator),
 ):
+    recorded, created = store_vote(request, session, item_id, vote_id, choice, strength, rationale)
+    if wants_json(request):
+        return JSONResponse(vote_json(recorded, created))
+    return RedirectResponse("/annotate?voted=1", status_code=303)
+
+
+def store_vote(
+    request: Request, session: dict[str, Any], item_id: int, vote_id: str, choice: str, strength: str, rationale: str
+) -> tuple[dict[str, Any], bool]:
+    """Store a vote as the form sent it: (the vote, whether this request created it), or an
+    HTTPException. The one vote-storing path, for this router and the hot route alike."""
     # Exactly the documented values: str.isdigit() also takes '²' and '٣', and int() of 5,000 digits
     # raises past Python's conversion limit.
     if strength not in STRENGTH_VALUES:
@@ -160,7 +179,7 @@ def vote(
     try:
         # One transaction: the session re-checked, the choice read through the stored order, the
         # vote stored and the assignment marked done (see `votes.record_vote`).
-        recorded, created = votes.record_vote(
+        return votes.record_vote(
             get_store(request), session["user_id"], item_id, vote_id, choice, int(strength) if strength else None,
             rationale.strip(), as_shown=True, session_token_hash=session_token_hash(request),
         )  # fmt: skip
@@ -168,13 +187,8 @@ def vote(
         raise session_ended(request) from None
     except votes.NotAssigned:
         raise HTTPException(403, "this item is not assigned to you") from None
-    if wants_json(request):
-        return JSONResponse(
-            {
-                "vote_id": recorded["vote_uid"],
-                "choice": recorded["choice"],
-                "created": created,
-                "next": "/annotate",
-            }
-        )
-    return RedirectResponse("/annotate?voted=1", status_code=303)
+
+
+def vote_json(recorded: dict[str, Any], created: bool) -> dict[str, Any]:
+    """The JSON answer to a stored vote."""
+    return {"vote_id": recorded["vote_uid"], "choice": recorded["choice"], "created": created, "next": "/annotate"}
