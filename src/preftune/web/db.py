@@ -13,6 +13,8 @@ psycopg 3; its default READ COMMITTED isolation plus the unique constraints belo
 
 from __future__ import annotations
 
+import select as io_select
+
 from sqlalchemy import (
     Boolean,
     Column,
@@ -28,11 +30,18 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    exc,
 )
 from sqlalchemy.engine import make_url
 
 DEFAULT_DB = "sqlite:///preftune.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL: connections older than this are replaced at checkout, before a server-side idle limit
+# or a proxy in between closes them under us.
+POOL_RECYCLE_SECONDS = 1800
+# SQLSTATE classes of a connection the server ended: 08 connection exception, 57P admin or crash
+# shutdown (`pg_terminate_backend`, a restart).
+_DISCONNECT_SQLSTATES = ("08", "57P")
 
 metadata = MetaData()
 
@@ -187,7 +196,7 @@ def make_engine(url: str, durable: bool = True) -> Engine:
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()
     if backend != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        return _server_engine(url)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -216,6 +225,38 @@ def make_engine(url: str, durable: bool = True) -> Engine:
     def _sqlite_on_begin(connection):
         immediate = connection.get_execution_options().get("preftune_write", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _server_engine(url: str) -> Engine:
+    """PostgreSQL: a pool that replaces connections the server closed, without `pool_pre_ping`'s
+    round trip on every checkout (SQLAlchemy's "Dealing with Disconnects").
+
+    - At checkout, a look at the socket without waiting: an idle connection has nothing to read,
+      unless the server said goodbye (`pg_terminate_backend`, a restart, an idle timeout all send
+      an error and close). Then the pool drops it and checks out another (`DisconnectionError`).
+    - `pool_recycle`: no connection is kept longer than POOL_RECYCLE_SECONDS.
+    - Optimistic, for what the look cannot see (the server gone mid-transaction): an error with a
+      connection-ending SQLSTATE marks the connection as disconnected, so the pool drops it and
+      every connection older than it; that request fails, the next ones get fresh connections.
+    """
+    engine = create_engine(url, pool_size=10, max_overflow=30, pool_recycle=POOL_RECYCLE_SECONDS)
+
+    @event.listens_for(engine, "checkout")
+    def _drop_if_closed_by_server(dbapi_connection, _record, _proxy):
+        try:
+            readable, _, _ = io_select.select([dbapi_connection.fileno()], [], [], 0)
+        except (OSError, ValueError) as error:  # closed on our side already
+            raise exc.DisconnectionError(f"connection unusable: {error}") from error
+        if readable:
+            raise exc.DisconnectionError("the server closed this connection while it was idle")
+
+    @event.listens_for(engine, "handle_error")
+    def _mark_disconnects(context):
+        sqlstate = getattr(context.original_exception, "sqlstate", None) or ""
+        if sqlstate.startswith(_DISCONNECT_SQLSTATES):
+            context.is_disconnect = True
 
     return engine
 
