@@ -64,20 +64,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+STARTED = "Application startup complete."  # uvicorn's line, once per worker process
+
+
 def start_server(url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen:
+    """Start the server and return once every worker has started: the port accepts connections as
+    soon as uvicorn's parent binds it, while workers still import the app, and clients that start
+    then would queue on the first worker alone and time its startup, not the server."""
     command = [sys.executable, "-m", "preftune.web", "--db", url, "--host", HOST, "--port", str(port)]
-    command += ["--workers", str(workers)]
+    command += ["--workers", str(workers), "--log-level", "info", "--no-access-log"]
+    start = log.stat().st_size if log.exists() else 0  # the log is appended to across restarts
     # Its own process group, so that kill -9 reaches every worker (see the module docstring).
     server = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(300):
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return server
-        except OSError:
-            if server.poll() is not None:
-                raise SystemExit(f"server exited with {server.returncode}; see {log}") from None
-            time.sleep(0.1)
-    raise SystemExit(f"server did not start on port {port}; see {log}")
+    for _ in range(600):  # at most a minute
+        with log.open("rb") as file:
+            file.seek(start)
+            started = file.read().decode(errors="replace").count(STARTED)
+        if started >= workers:
+            try:
+                with socket.create_connection((HOST, port), timeout=0.2):
+                    return server
+            except OSError:
+                pass
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with {server.returncode}; see {log}")
+        time.sleep(0.1)
+    raise SystemExit(f"server did not start {workers} worker(s) on port {port} within a minute; see {log}")
 
 
 def make_project(store: Store, name: str, clients: int, votes: int) -> list[Client]:

@@ -1,5 +1,5 @@
-"""`python -m preftune.web [--db URL] [--host H] [--port P] [--workers N]`: the server without the
-CLI (benchmarks)."""
+"""`python -m preftune.web [--db URL] [--host H] [--port P] [--workers N] [--log-level L]
+[--no-access-log]`: the server without the CLI (benchmarks)."""
 
 import argparse
 import sys
@@ -14,8 +14,12 @@ parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8000)
 parser.add_argument("--log-level", default="warning")
 parser.add_argument("--workers", type=int, default=1)
+parser.add_argument("--no-access-log", action="store_true", help="no log line per request")
 args = parser.parse_args()
 try:
-    serve(args.db, args.host, args.port, log_level=args.log_level, workers=args.workers)
+    serve(
+        args.db, args.host, args.port, log_level=args.log_level, workers=args.workers,
+        access_log=not args.no_access_log,
+    )  # fmt: skip
 except StoreError as error:
     sys.exit(f"error: {error}")

@@ -194,12 +194,14 @@ def serve(
     runs: str | Path | None = None,
     base_url: str | None = None,
     workers: int = 1,
+    access_log: bool = True,
 ) -> None:
     """`preftune serve`: create or open the database, print the startup lines, run uvicorn.
 
     With `runs`, the dashboard at /runs shows the run folders under it, live while they train.
     `base_url` (default: the bound address) is what login links start with. `workers` > 1 runs
     that many processes (`asgi.py`); on SQLite they share its one writer, PostgreSQL scales further.
+    `access_log=False`: no line per request (a benchmark's log stays small; startup lines remain).
     """
     import uvicorn
 
@@ -213,7 +215,7 @@ def serve(
         who = "" if is_loopback(host) else " (admin login required: the server is not on loopback)"
         print(f"Dashboard of the runs in {runs}: {base}/runs{who}", flush=True)
     # log_config: uvicorn's own, plus the filter that keeps login secrets out of the access log.
-    options = dict(host=host, port=port, log_level=log_level, log_config=log_config())
+    options = dict(host=host, port=port, log_level=log_level, log_config=log_config(), access_log=access_log)
     if workers <= 1:
         uvicorn.run(create_app(store, runs=runs, base_url=base, runs_login=not is_loopback(host)), **options)
         return
