@@ -83,7 +83,7 @@ def test_kid_labels_are_every_separated_pair_with_the_higher_kid_score_chosen():
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    result = CliRunner().invoke(app, ["demo", "--quick", "--ppo", "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "eval.json").read_text())
     kid = summary["judges"]["kid"]

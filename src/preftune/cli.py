@@ -647,11 +647,11 @@ def evaluate(
 def demo(
     quick: bool = typer.Option(False, "--quick", help="Fewer prompts and shorter answers (a few minutes)."),
     human: bool = typer.Option(False, "--human", help="Label the pairs yourself in the labeling app instead of the judge."),
-    ppo: bool = typer.Option(True, "--ppo/--no-ppo", help="Run PPO against the reward model, with and without the KL penalty (--no-ppo: DPO only, about 5 minutes less)."),
+    ppo: bool = typer.Option(False, "--ppo", help="Also run PPO against the reward model, with and without the KL penalty (about 5 minutes more)."),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the pairs, runs, eval.json and report.html."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Teach SmolLM2-135M to explain things to a 5-year-old: sample, label, reward model, PPO and DPO, evaluate."""
+    """Teach SmolLM2-135M to explain things to a 5-year-old: sample, label, reward model, DPO (--ppo: and PPO), evaluate."""
     from .demo import run_demo
 
     run_demo(out=str(out), quick=quick, human=human, ppo=ppo, seed=seed)
