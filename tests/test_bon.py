@@ -44,6 +44,23 @@ def test_expected_best_of_n_edges_and_ties():
         expected_best_of_n(scores, 2, [1.0])
 
 
+@pytest.mark.parametrize("total", [1500, 4096])
+def test_expected_best_of_n_past_float_binomials(total):
+    """C(N, n) overflows a float past N ~ 1030; the estimator must still give the exact value
+    (here against exact rational arithmetic) at the N of a Gao et al.-scale best-of-n run."""
+    from fractions import Fraction
+
+    rng = random.Random(total)
+    scores = [rng.uniform(-1, 1) for _ in range(total)]
+    order = sorted(range(total), key=lambda i: (scores[i], -i))
+    for n in (1, 2, 37, total // 2, total - 1, total):
+        exact = sum(Fraction(math.comb(r, n - 1)) * Fraction(scores[i]) for r, i in enumerate(order))
+        assert expected_best_of_n(scores, n) == pytest.approx(
+            float(exact / math.comb(total, n)), rel=1e-9, abs=1e-12
+        )
+    assert expected_best_of_n(scores, total) == max(scores)
+
+
 def count_e(prompt: str, response: str) -> float:
     return float(response.count("e"))
 

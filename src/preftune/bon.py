@@ -39,9 +39,14 @@ def expected_best_of_n(scores: Sequence[float], n: int, gold_scores: Sequence[fl
     if len(values) != total:
         raise ValueError(f"{len(values)} gold scores for {total} samples")
     order = sorted(range(total), key=lambda i: (scores[i], -i))
-    subsets = math.comb(total, n)
-    # Rank r (0-based) is the best of the subset with probability C(r, n-1) / C(N, n).
-    return sum(math.comb(rank, n - 1) * values[i] for rank, i in enumerate(order)) / subsets
+    # Rank r (0-based) is the best of the subset with probability w_r = C(r, n-1) / C(N, n). The
+    # binomials overflow a float past N ~ 1030, so walk down from the top rank, w_(N-1) = n / N,
+    # with w_(r-1) = w_r (r - n + 1) / r: every weight stays in [0, 1].
+    expected, weight = 0.0, n / total
+    for rank in range(total - 1, n - 2, -1):
+        expected += weight * values[order[rank]]
+        weight *= (rank - n + 1) / rank if rank else 0.0
+    return expected
 
 
 @dataclass

@@ -69,22 +69,29 @@ def read_pairs(source: str | Path, format: str | None = None) -> tuple[list[Pref
     chosen_format = format or _detect_format(loaded)
     parse = _PARSERS[chosen_format]
     report = ReadReport(loaded.display, chosen_format, rows_read=len(loaded.rows), pairs_kept=0, notes=loaded.notes)
-    pairs = []
+    return convert_rows(loaded, report, lambda row: _to_pair(row, parse, loaded.name)), report
+
+
+def convert_rows(loaded: RawRows, report: ReadReport, convert: Callable[[dict], Any]) -> list:
+    """Every row of `loaded` through `convert`. A row it drops (`_Drop`) is counted in `report` with
+    its reason and first line; a row of the wrong shape (`_BadField`, or not a JSON object) stops
+    the read at its line. No row kept at all is an error that says why."""
+    kept = []
     for number, row in loaded.rows:
         if not isinstance(row, dict):
             raise loaded.error(number, f"expected a JSON object per row, got {type_name(row)}")
         try:
-            pairs.append(_to_pair(row, parse, loaded.name))
+            kept.append(convert(row))
         except _Drop as drop:
             reason = str(drop)
             report.dropped[reason] = report.dropped.get(reason, 0) + 1
             report.examples.setdefault(reason, number)
         except _BadField as bad:
             raise loaded.error(number, str(bad)) from None
-    report.pairs_kept = len(pairs)
-    if not pairs:
+    report.pairs_kept = len(kept)
+    if not kept:
         _raise_no_pairs(loaded, report)
-    return pairs, report
+    return kept
 
 
 def read_prompts(source: str | Path) -> list[list[Message]]:

@@ -26,7 +26,7 @@ from preftune.data.formats import (
     _messages,
     _optional,
     _prompt_of,
-    _raise_no_pairs,
+    convert_rows,
     read_pairs,
 )
 from preftune.data.schema import DataError, Message, PreferencePair, UnpairedExample
@@ -61,22 +61,7 @@ def read_unpaired(source: str | Path, format: str | None = None) -> tuple[list[U
         report.pairs_kept = 2 * len(pairs)
         return unpair(pairs), report
     report = ReadReport(loaded.display, UNPAIRED, rows_read=len(loaded.rows), pairs_kept=0, notes=loaded.notes)
-    examples = []
-    for number, row in loaded.rows:
-        if not isinstance(row, dict):
-            raise loaded.error(number, f"expected a JSON object per row, got {type_name(row)}")
-        try:
-            examples.append(_to_example(row, loaded))
-        except _Drop as drop:
-            reason = str(drop)
-            report.dropped[reason] = report.dropped.get(reason, 0) + 1
-            report.examples.setdefault(reason, number)
-        except _BadField as bad:
-            raise loaded.error(number, str(bad)) from None
-    report.pairs_kept = len(examples)
-    if not examples:
-        _raise_no_pairs(loaded, report)
-    return examples, report
+    return convert_rows(loaded, report, lambda row: _to_example(row, loaded)), report
 
 
 def unpair(pairs: list[PreferencePair]) -> list[UnpairedExample]:
