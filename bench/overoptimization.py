@@ -127,7 +127,10 @@ def sample_pool(args, prefixes: list[str], out: Path) -> list[list[str]]:
     pool_path, meta_path = out / "pool.jsonl", out / "pool.settings.json"
     if pool_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == settings:
         print(f"pool: reusing {pool_path}", file=sys.stderr)
-        return [json.loads(line)["completions"] for line in pool_path.read_text().splitlines()]
+        # split("\n"), not splitlines(): a completion may hold U+2028 or U+0085, which
+        # splitlines() also breaks at, and json.dumps(ensure_ascii=False) leaves them raw.
+        lines = pool_path.read_text(encoding="utf-8").split("\n")
+        return [json.loads(line)["completions"] for line in lines if line]
     from preftune.data.schema import user_prompt
     from preftune.generate import generate_completions
     from preftune.models.load import load_policy
@@ -194,11 +197,23 @@ def score_pool(folder: Path, prefixes: list[str], pool: list[list[str]], args) -
         saved = json.loads(cache.read_text())
         if saved["key"] == key:
             return saved["scores"]
+    import torch
+
     from preftune.judges.registry import get_judge, score_batch
+    from preftune.precision import autocast, choose_precision
 
     judge = get_judge(f"rm:{folder}", batch_size=32, max_length=args.max_length, max_prompt_length=64)
     prompts = [rm_prompt(p) for p, texts in zip(prefixes, pool, strict=True) for _ in texts]
-    flat = score_batch(judge, prompts, [t for texts in pool for t in texts])
+    # The trainer's own precision choice (bf16 autocast where the CPU has bf16 units): at N = 1,024
+    # scoring is tens of thousands of forward passes.
+    precision, _ = choose_precision(torch.device("cpu"))
+    started = time.perf_counter()
+    with torch.inference_mode(), autocast(torch.device("cpu"), precision):
+        flat = score_batch(judge, prompts, [t for texts in pool for t in texts])
+    print(
+        f"scored {len(flat)} completions with {folder} in {time.perf_counter() - started:.0f} s ({precision})",
+        file=sys.stderr,
+    )
     scores = [flat[i * args.n : (i + 1) * args.n] for i in range(len(prefixes))]
     cache.write_text(json.dumps({"key": key, "scores": scores}))
     return scores
@@ -243,6 +258,10 @@ def summarize(per_prompt, ns, bootstrap: int, seed: int) -> dict:
         proxy, gold = mean[:, 0] - mean[0, 0], mean[:, 1] - mean[0, 1]
         return proxy, gold, fit_gao(d, gold.tolist()), fit_gao(d, proxy.tolist())
 
+    def gold_of(rows, at):
+        mean = array[rows].mean(axis=0)[:, 1]
+        return float(mean[at] - mean[-1])
+
     proxy, gold, gold_fit, proxy_fit = fit_of(np.arange(len(array)))
     rng = np.random.default_rng(seed)
     draws = [fit_of(rng.integers(0, len(array), len(array))) for _ in range(bootstrap)]
@@ -261,9 +280,18 @@ def summarize(per_prompt, ns, bootstrap: int, seed: int) -> dict:
         float(np.mean([draw[2]["beta"] > 0 for draw in draws])) if draws else None
     )
     peak = int(np.argmax(gold))
+    # A turnover without the fitted form: how far the gold falls from its peak (the n where the
+    # full sample peaks) to the largest n, with a bootstrap interval over prompts. An interval
+    # above 0 says the gold really turned down; the fit's beta > 0 says the same through the form.
+    drops = [
+        gold_of(rows, peak) for rows in (rng.integers(0, len(array), len(array)) for _ in range(bootstrap))
+    ]
+    drop = {"n_peak": ns[peak], "drop": gold_of(np.arange(len(array)), peak),
+            "ci95": [float(np.percentile(drops, 2.5)), float(np.percentile(drops, 97.5))] if drops else None}  # fmt: skip
     return {"n": ns, "kl": [x * x for x in d], "d": d, "proxy_rel": proxy.tolist(), "gold_rel": gold.tolist(),
             "gold_at_n1": float(array[:, 0, 1].mean()), "proxy_at_n1": float(array[:, 0, 0].mean()),
-            "gold_fit": gold_fit, "proxy_fit": proxy_fit, "empirical_gold_peak": {"n": ns[peak], "d": d[peak], "gold_rel": float(gold[peak])}}  # fmt: skip
+            "gold_fit": gold_fit, "proxy_fit": proxy_fit, "empirical_gold_peak": {"n": ns[peak], "d": d[peak], "gold_rel": float(gold[peak])},
+            "gold_drop_after_peak": drop}  # fmt: skip
 
 
 def main() -> None:
@@ -304,7 +332,8 @@ def main() -> None:
     sentences = read_sentences(Path(args.data))
     gold = get_judge("judge:sentiment")
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    ns = sorted({n for n in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if n <= args.n} | {args.n})
+    grid = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+    ns = sorted({n for n in grid if n <= args.n} | {args.n})
 
     prefixes = policy_prompts(sentences, args.prompts, args.seed)
     pool = sample_pool(args, prefixes, out)
@@ -372,11 +401,17 @@ def draw(results: dict, path: Path) -> None:
     path.write_text(render([gold_panel, proxy_panel]), encoding="utf-8")
 
 
+def drop_cell(entry: dict) -> str:
+    drop = entry["gold_drop_after_peak"]
+    interval = f" [{drop['ci95'][0]:.3f}, {drop['ci95'][1]:.3f}]" if drop["ci95"] else ""
+    return f"{drop['drop']:.3f}{interval} (peak n={drop['n_peak']})"
+
+
 def print_table(results: dict) -> None:
     print(
-        "| proxy pairs | proxy-gold r (pool) | alpha [95% CI] | beta [95% CI] | R2 | turnover d* (KL*) | gold gain at n=64 | empirical gold peak |"
+        f"| proxy pairs | proxy-gold r (pool) | alpha [95% CI] | beta [95% CI] | R2 | turnover d* (KL*) | gold gain at n={results['oracle']['n'][-1]} | empirical gold peak | drop from peak to n={results['oracle']['n'][-1]} [95% CI] |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for size, entry in results["proxies"].items():
         fit = entry["gold_fit"]
 
@@ -392,10 +427,10 @@ def print_table(results: dict) -> None:
         peak = entry["empirical_gold_peak"]
         r = entry["proxy_gold_pearson"]
         print(f"| {size} | {'-' if r is None else f'{r:.2f}'} | {fit['alpha']:.3f} {ci('alpha')} | {fit['beta']:.3f} {ci('beta')} | "
-              f"{fit['r2']:.2f} | {turnover} | {entry['gold_rel'][-1]:+.3f} | n={peak['n']} (d={peak['d']:.2f}, {peak['gold_rel']:+.3f}) |")  # fmt: skip
+              f"{fit['r2']:.2f} | {turnover} | {entry['gold_rel'][-1]:+.3f} | n={peak['n']} (d={peak['d']:.2f}, {peak['gold_rel']:+.3f}) | {drop_cell(entry)} |")  # fmt: skip
     oracle = results["oracle"]
     print(f"| oracle (gold picks) | 1.00 | {oracle['gold_fit']['alpha']:.3f} | {oracle['gold_fit']['beta']:.3f} | "
-          f"{oracle['gold_fit']['r2']:.2f} | - | {oracle['gold_rel'][-1]:+.3f} | - |")  # fmt: skip
+          f"{oracle['gold_fit']['r2']:.2f} | - | {oracle['gold_rel'][-1]:+.3f} | - | - |")  # fmt: skip
     print(
         f"\ngold at n=1 (the policy): {results['oracle']['gold_at_n1']:.3f}; total {results['total_seconds']:.0f} s"
     )
