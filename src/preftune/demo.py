@@ -184,6 +184,7 @@ def run_demo(
     from .eval.run import EvalSettings, run_eval
     from .generate import generate_completions
     from .models.load import load_policy
+    from .runlog import read_jsonl
     from .train.dpo import train_dpo
     from .train.reward import train_reward_model
 
@@ -249,7 +250,7 @@ def run_demo(
         judges=["kid", "judge:readability", f"rm:{rm_out / 'final'}"], n=2, max_new_tokens=size.max_new_tokens,
         temperature=1.0, seed=seed + 1, batch_size=16,
     ), show_progress=show)  # fmt: skip
-    generations = [json.loads(line) for line in (root / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    generations = read_jsonl(root / "generations.jsonl")
     result["readability_grade"] = {
         "policy_mean": _mean_grade(g["policy"] for g in generations),
         "ref_mean": _mean_grade(g["reference"] for g in generations),
