@@ -1,17 +1,21 @@
 """The controlled-sentiment reward-KL frontier of DPO and PPO, after Rafailov et al. 2023 (Fig. 2
 left), at laptop scale.
 
-    .venv/bin/python bench/dpo_frontier.py [--betas 0.05,0.1,0.5,1] [--kl-coefs 0.05,0.2]
-        [--train-prompts 128] [--eval-prompts 32] [--threads 1] [--out runs/bench-frontier]
+    .venv/bin/python bench/dpo_frontier.py [--betas 0.05,0.1,0.5] [--kl-coefs 0.05,0.2]
+        [--train-prompts 128] [--samples-per-prompt 3] [--ppo-iterations 24] [--rollout-batch 16]
+        [--eval-prompts 64] [--eval-samples 4] [--threads 2] [--out runs/bench-frontier]
 
 Task: continue a movie review from its first 2-8 words (prefixes of
 ../shared/data/movie_review_snippets.tsv; training prefixes from sentences 0..7999, evaluation
 prefixes from the rest). Gold reward: VADER compound of the continuation (`judge:sentiment`).
 
 Policy: SmolLM2-135M-Instruct stands in for the paper's SFT model (no extra SFT step here: it
-already writes fluent reviews when asked). Preference data: two samples per training prompt from
-that policy, labelled by the gold reward (higher VADER = chosen; exact ties dropped), as in the
-paper. DPO (`preftune dpo`, LoRA, precomputed reference) for each beta; PPO (`preftune ppo`, LoRA,
+already writes fluent reviews when asked). Preference data: --samples-per-prompt samples per
+training prompt from that policy, each labelled by the gold reward, and every pair of a prompt's
+samples as a preference (higher VADER = chosen; exact ties dropped), as in the paper. The label
+budget is equal by default: DPO's gold labels (train prompts x samples per prompt, 128 x 3) match
+the rewards PPO sees (iterations x rollout batch, 24 x 16), and both counts are in results.json.
+DPO (`preftune dpo`, LoRA, precomputed reference) for each beta; PPO (`preftune ppo`, LoRA,
 shared value head) rewarded by the gold reward directly, as the paper's PPO-GT, for each fixed KL
 coefficient. Each run saves checkpoints along the way.
 
@@ -19,7 +23,9 @@ Every checkpoint (and the starting policy) is evaluated the same way: --eval-sam
 evaluation prompt at temperature 1 (seeded alike), mean gold reward, and the Monte-Carlo
 sequence-level KL(pi || pi_ref) on those samples (`preftune.eval.kl`). The frontier of a method
 is the upper envelope of its points (the best reward reached at or below each KL). The verdict
-compares the two envelopes where both are defined.
+compares the two envelopes where both are defined: the mean of DPO's envelope minus PPO's over
+the KLs where either has a point, with a percentile bootstrap interval over evaluation prompts
+(every point's reward and KL recomputed from the same resampled prompts, --bootstrap times).
 
 Everything slow is cached under --out (pairs, runs, evaluations): a rerun only redraws.
 Writes results.json and frontier.svg.
@@ -97,7 +103,10 @@ def cached(path: Path, key: dict, compute):
 
 
 def make_pairs(args, train_prefixes: list[str], out: Path) -> Path:
-    """Two samples per prompt from the starting policy, labelled by VADER (ties dropped)."""
+    """--samples-per-prompt samples per prompt from the starting policy, each scored by the gold
+    reward; every pair of a prompt's samples is a preference (exact ties dropped)."""
+    from itertools import combinations
+
     from preftune.data.schema import Message, PreferencePair, write_jsonl
     from preftune.generate import generate_completions
     from preftune.judges.registry import get_judge
@@ -108,25 +117,28 @@ def make_pairs(args, train_prefixes: list[str], out: Path) -> Path:
     def compute():
         model, tokenizer = load_policy(args.model)
         started = time.perf_counter()
-        result = generate_completions(model, tokenizer, [prompt_messages(p) for p in train_prefixes], 2,
+        result = generate_completions(model, tokenizer, [prompt_messages(p) for p in train_prefixes], args.samples_per_prompt,
                                       max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
                                       seed=args.seed, batch_size=32)  # fmt: skip
         gold = get_judge(args.gold)
-        pairs = []
-        for prefix, (a, b) in zip(train_prefixes, result.texts, strict=True):
-            score_a, score_b = gold(None, a), gold(None, b)
-            if score_a == score_b:
-                continue
-            chosen, rejected = (a, b) if score_a > score_b else (b, a)
-            pairs.append(PreferencePair(prompt_messages(prefix), Message("assistant", chosen), Message("assistant", rejected),
-                                        source="smollm2+vader", meta={"gap": abs(score_a - score_b)}))  # fmt: skip
+        pairs, labels = [], 0
+        for prefix, texts in zip(train_prefixes, result.texts, strict=True):
+            scores = [gold(None, t) for t in texts]
+            labels += len(texts)
+            for i, j in combinations(range(len(texts)), 2):
+                if scores[i] == scores[j]:
+                    continue
+                (chosen, rejected) = (i, j) if scores[i] > scores[j] else (j, i)
+                pairs.append(PreferencePair(prompt_messages(prefix), Message("assistant", texts[chosen]), Message("assistant", texts[rejected]),
+                                            source="smollm2+vader", meta={"gap": abs(scores[i] - scores[j])}))  # fmt: skip
         write_jsonl(pairs, path)
-        return {"pairs": len(pairs), "prompts": len(train_prefixes), "seconds": time.perf_counter() - started}
+        return {"pairs": len(pairs), "prompts": len(train_prefixes), "gold_labels": labels,
+                "seconds": time.perf_counter() - started}  # fmt: skip
 
     key = {"model": args.model, "prefixes": train_prefixes, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-           "gold": args.gold}  # fmt: skip
+           "gold": args.gold, "samples_per_prompt": args.samples_per_prompt}  # fmt: skip
     info = cached(out / "pairs.info.json", key, compute)
-    print(f"pairs: {info['pairs']} from {info['prompts']} prompts", file=sys.stderr)
+    print(f"pairs: {info['pairs']} from {info['prompts']} prompts ({info['gold_labels']} gold labels)", file=sys.stderr)
     return path
 
 
@@ -214,7 +226,9 @@ class Evaluator:
         sd = (sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) ** 0.5
         return {"reward": mean, "reward_se": sd / len(scores) ** 0.5, "kl": kl["mean"], "kl_ci95": kl["ci95"],
                 "mean_tokens": sum(len(c) for per in result.completion_ids for c in per) / len(texts),
-                "example": texts[0], "seconds": time.perf_counter() - started}  # fmt: skip
+                "example": texts[0], "seconds": time.perf_counter() - started,
+                # Per sample, in prompt order (eval_samples per prompt): what the bootstrap resamples.
+                "scores": scores, "log_ratios": [0.0] * len(texts) if policy is self.reference else [float(r) for r in ratios]}  # fmt: skip
 
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -239,6 +253,52 @@ def envelope_at(envelope: list[tuple[float, float]], kl: float) -> float | None:
     return max(below) if below else None
 
 
+def compare_frontiers(methods: dict[str, list[tuple[float, float]]]) -> tuple[list[dict], dict]:
+    """DPO's envelope against PPO's at every KL where either has a point, up to the smaller of the
+    two methods' largest KLs (beyond it one of them has no frontier): the rows and the gap summary."""
+    envelopes = {name: upper_envelope(p) for name, p in methods.items()}
+    shared_max = min(max(k for k, _ in envelopes["DPO"]), max(k for k, _ in envelopes["PPO"]))
+    grid = sorted({k for name in envelopes for k, _ in envelopes[name] if 0 < k <= shared_max} | {shared_max})
+    rows = [{"kl": k, "dpo": envelope_at(envelopes["DPO"], k), "ppo": envelope_at(envelopes["PPO"], k)} for k in grid]
+    gaps = [c["dpo"] - c["ppo"] for c in rows if c["dpo"] is not None and c["ppo"] is not None]
+    summary = {"mean": sum(gaps) / len(gaps) if gaps else None, "min": min(gaps, default=None),
+               "max": max(gaps, default=None), "shared_kl_max": shared_max}  # fmt: skip
+    return rows, summary
+
+
+def method_points(base: dict, points: dict, prompts=None, samples: int = 1) -> dict[str, list[tuple[float, float]]]:
+    """(KL, reward) of every checkpoint per method, the starting policy (KL 0) in both; with
+    `prompts` (indices, repeats allowed), each recomputed from those prompts' samples only."""
+
+    def mean_of(values: list[float]) -> float:
+        if prompts is None:
+            return sum(values) / len(values)
+        chosen = [values[p * samples + k] for p in prompts for k in range(samples)]
+        return sum(chosen) / len(chosen)
+
+    methods = {"DPO": [], "PPO": []}
+    for label, entries in points.items():
+        methods[label.split()[0]].extend((mean_of(e["log_ratios"]), mean_of(e["scores"])) for e in entries)
+    for name in methods:
+        methods[name].append((0.0, mean_of(base["scores"])))
+    return methods
+
+
+def bootstrap_gap(base: dict, points: dict, prompts: int, samples: int, draws: int, seed: int) -> list[float] | None:
+    """95% percentile interval of the mean frontier gap, resampling evaluation prompts."""
+    rng = random.Random(seed)
+    gaps = []
+    for _ in range(draws):
+        chosen = [rng.randrange(prompts) for _ in range(prompts)]
+        _, summary = compare_frontiers(method_points(base, points, chosen, samples))
+        if summary["mean"] is not None:
+            gaps.append(summary["mean"])
+    if not gaps:
+        return None
+    gaps.sort()
+    return [gaps[int(0.025 * (len(gaps) - 1))], gaps[int(0.975 * (len(gaps) - 1))]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA))
@@ -246,20 +306,24 @@ def main() -> None:
     parser.add_argument(
         "--gold", default="judge:sentiment", help="the gold reward (judge:readability for smoke tests)"
     )
-    parser.add_argument("--betas", default="0.05,0.1,0.5,1")
+    parser.add_argument("--betas", default="0.05,0.1,0.5")
     parser.add_argument("--kl-coefs", default="0.05,0.2")
     parser.add_argument("--train-prompts", type=int, default=128)
-    parser.add_argument("--eval-prompts", type=int, default=32)
-    parser.add_argument("--eval-samples", type=int, default=2)
+    parser.add_argument(
+        "--samples-per-prompt", type=int, default=3, help="DPO's gold-labelled samples per training prompt"
+    )
+    parser.add_argument("--eval-prompts", type=int, default=64)
+    parser.add_argument("--eval-samples", type=int, default=4)
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the evaluation prompts")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--dpo-epochs", type=float, default=1.0)
     parser.add_argument("--dpo-lr", type=float, default=5e-4)
-    parser.add_argument("--dpo-save-every", type=int, default=6)
-    parser.add_argument("--ppo-iterations", type=int, default=12)
+    parser.add_argument("--dpo-save-every", type=int, default=16)
+    parser.add_argument("--ppo-iterations", type=int, default=24)
     parser.add_argument("--rollout-batch", type=int, default=16)
     parser.add_argument("--ppo-lr", type=float, default=5e-4)
-    parser.add_argument("--ppo-save-every", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ppo-save-every", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-frontier"))
     args = parser.parse_args()
@@ -285,7 +349,7 @@ def main() -> None:
         runs[f"PPO kl_coef={kl_coef:g}"] = run_ppo(args, prompts_file, kl_coef, out)
 
     evaluator = Evaluator(args, eval_prefixes)
-    eval_key = {"model": args.model, "prefixes": eval_prefixes, "samples": args.eval_samples,
+    eval_key = {"model": args.model, "prefixes": eval_prefixes, "samples": args.eval_samples, "per_sample": 1,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed, "gold": args.gold}  # fmt: skip
     base = cached(out / "eval-base.json", eval_key, lambda: evaluator(None))
     points = {}
@@ -303,25 +367,18 @@ def main() -> None:
                 f"{label} step {step}: reward {entry['reward']:+.3f}, KL {entry['kl']:.2f}", file=sys.stderr
             )
 
-    methods = {"DPO": [], "PPO": []}
-    for label, entries in points.items():
-        methods[label.split()[0]].extend((e["kl"], e["reward"]) for e in entries)
-    for name in methods:
-        methods[name].append((0.0, base["reward"]))
+    methods = method_points(base, points)
     envelopes = {name: upper_envelope(p) for name, p in methods.items()}
-    shared_max = min(max(k for k, _ in envelopes["DPO"]), max(k for k, _ in envelopes["PPO"]))
-    grid = sorted({k for name in envelopes for k, _ in envelopes[name] if 0 < k <= shared_max} | {shared_max})
-    comparison = [
-        {"kl": k, "dpo": envelope_at(envelopes["DPO"], k), "ppo": envelope_at(envelopes["PPO"], k)}
-        for k in grid
-    ]
-    gaps = [c["dpo"] - c["ppo"] for c in comparison if c["dpo"] is not None and c["ppo"] is not None]
+    comparison, gap = compare_frontiers(methods)
+    gap["ci95"] = bootstrap_gap(base, points, len(eval_prefixes), args.eval_samples, args.bootstrap, args.seed)
     results = {
         "command": "python " + shlex.join(["bench/dpo_frontier.py", *sys.argv[1:]]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {args.threads} torch thread(s), {platform.processor() or 'cpu'}",
         "settings": vars(args),
         "pairs": json.loads((out / "pairs.info.json").read_text())["value"],
+        "label_budget": {"dpo_gold_labels": json.loads((out / "pairs.info.json").read_text())["value"]["gold_labels"],
+                         "ppo_rewards_per_run": args.ppo_iterations * args.rollout_batch},  # fmt: skip
         "base": base,
         "runs": points,
         "train_seconds": {
@@ -330,12 +387,7 @@ def main() -> None:
         },
         "envelopes": envelopes,
         "comparison": comparison,
-        "dpo_minus_ppo": {
-            "mean": sum(gaps) / len(gaps) if gaps else None,
-            "min": min(gaps, default=None),
-            "max": max(gaps, default=None),
-            "shared_kl_max": shared_max,
-        },  # fmt: skip
+        "dpo_minus_ppo": gap,
         "total_seconds": time.perf_counter() - started,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -364,8 +416,14 @@ def draw(results: dict, path: Path) -> None:
     path.write_text(render([panel], width=620, height=420), encoding="utf-8")
 
 
+def ci_text(interval) -> str:
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "-"
+
+
 def print_table(results: dict) -> None:
-    print(f"starting policy: reward {results['base']['reward']:+.3f}; pairs: {results['pairs']['pairs']}")
+    budget = results["label_budget"]
+    print(f"starting policy: reward {results['base']['reward']:+.3f}; pairs: {results['pairs']['pairs']} "
+          f"({budget['dpo_gold_labels']} gold labels for DPO, {budget['ppo_rewards_per_run']} rewards per PPO run)")  # fmt: skip
     print("| run | step | KL (nats) [95% CI] | mean VADER (+- se) | mean tokens |\n|---|---|---|---|---|")
     for label, entries in results["runs"].items():
         for e in entries:
@@ -374,7 +432,7 @@ def print_table(results: dict) -> None:
     gap = results["dpo_minus_ppo"]
     if gap["mean"] is not None:
         print(f"\nDPO frontier minus PPO frontier, over KL in (0, {gap['shared_kl_max']:.2f}]: "
-              f"mean {gap['mean']:+.3f}, range [{gap['min']:+.3f}, {gap['max']:+.3f}]")  # fmt: skip
+              f"mean {gap['mean']:+.3f} (95% CI {ci_text(gap['ci95'])}), range [{gap['min']:+.3f}, {gap['max']:+.3f}]")  # fmt: skip
     print(f"total {results['total_seconds']:.0f} s")
 
 
