@@ -393,7 +393,7 @@ def draw(results: dict, path: Path) -> None:
         gold_panel.series.append(
             Series(f"proxy from {size} pairs", entry["d"], entry["gold_rel"], "marker", color)
         )
-        gold_panel.series.append(Series(f"fit d({fit['alpha']:.3f} - {fit['beta']:.3f} d), R2 {fit['r2']:.2f}", fine,
+        gold_panel.series.append(Series(f"fit d({fit['alpha']:.3f} {-fit['beta']:+.3f} d), R2 {fit['r2']:.2f}", fine,
                                         [x * (fit["alpha"] - fit["beta"] * x) for x in fine], "line", color))  # fmt: skip
         proxy_panel.series.append(
             Series(f"proxy from {size} pairs", entry["d"], entry["proxy_rel"], "line+marker", color)
