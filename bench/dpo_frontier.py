@@ -253,9 +253,10 @@ def envelope_at(envelope: list[tuple[float, float]], kl: float) -> float | None:
     return max(below) if below else None
 
 
-def compare_frontiers(methods: dict[str, list[tuple[float, float]]]) -> tuple[list[dict], dict]:
+def compare_frontiers(methods: dict[str, list[tuple[float, float]]]) -> tuple[list[dict], dict, dict]:
     """DPO's envelope against PPO's at every KL where either has a point, up to the smaller of the
-    two methods' largest KLs (beyond it one of them has no frontier): the rows and the gap summary."""
+    two methods' largest KLs (beyond it one of them has no frontier): the rows, the gap summary and
+    the envelopes."""
     envelopes = {name: upper_envelope(p) for name, p in methods.items()}
     shared_max = min(max(k for k, _ in envelopes["DPO"]), max(k for k, _ in envelopes["PPO"]))
     grid = sorted({k for name in envelopes for k, _ in envelopes[name] if 0 < k <= shared_max} | {shared_max})
@@ -263,7 +264,7 @@ def compare_frontiers(methods: dict[str, list[tuple[float, float]]]) -> tuple[li
     gaps = [c["dpo"] - c["ppo"] for c in rows if c["dpo"] is not None and c["ppo"] is not None]
     summary = {"mean": sum(gaps) / len(gaps) if gaps else None, "min": min(gaps, default=None),
                "max": max(gaps, default=None), "shared_kl_max": shared_max}  # fmt: skip
-    return rows, summary
+    return rows, summary, envelopes
 
 
 def method_points(base: dict, points: dict, prompts=None, samples: int = 1) -> dict[str, list[tuple[float, float]]]:
@@ -290,7 +291,7 @@ def bootstrap_gap(base: dict, points: dict, prompts: int, samples: int, draws: i
     gaps = []
     for _ in range(draws):
         chosen = [rng.randrange(prompts) for _ in range(prompts)]
-        _, summary = compare_frontiers(method_points(base, points, chosen, samples))
+        _, summary, _ = compare_frontiers(method_points(base, points, chosen, samples))
         if summary["mean"] is not None:
             gaps.append(summary["mean"])
     if not gaps:
@@ -367,9 +368,7 @@ def main() -> None:
                 f"{label} step {step}: reward {entry['reward']:+.3f}, KL {entry['kl']:.2f}", file=sys.stderr
             )
 
-    methods = method_points(base, points)
-    envelopes = {name: upper_envelope(p) for name, p in methods.items()}
-    comparison, gap = compare_frontiers(methods)
+    comparison, gap, envelopes = compare_frontiers(method_points(base, points))
     gap["ci95"] = bootstrap_gap(base, points, len(eval_prefixes), args.eval_samples, args.bootstrap, args.seed)
     results = {
         "command": "python " + shlex.join(["bench/dpo_frontier.py", *sys.argv[1:]]),

@@ -127,10 +127,9 @@ def sample_pool(args, prefixes: list[str], out: Path) -> list[list[str]]:
     pool_path, meta_path = out / "pool.jsonl", out / "pool.settings.json"
     if pool_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == settings:
         print(f"pool: reusing {pool_path}", file=sys.stderr)
-        # split("\n"), not splitlines(): a completion may hold U+2028 or U+0085, which
-        # splitlines() also breaks at, and json.dumps(ensure_ascii=False) leaves them raw.
-        lines = pool_path.read_text(encoding="utf-8").split("\n")
-        return [json.loads(line)["completions"] for line in lines if line]
+        from preftune.data.files import text_lines  # "\n" only: a completion may hold U+2028
+
+        return [json.loads(line)["completions"] for line in text_lines(pool_path, str(pool_path))]
     from preftune.data.schema import user_prompt
     from preftune.generate import generate_completions
     from preftune.models.load import load_policy

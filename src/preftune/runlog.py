@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import save_config
+from .data.files import text_lines
 
 
 def _plain(value: Any) -> Any:
@@ -87,7 +88,9 @@ class RunLog:
             path = self.dir / name
             if not self.enabled or not path.exists():
                 continue
-            kept = [line for line in jsonl_lines(path) if line and json.loads(line)["step"] <= step]
+            # text_lines splits at "\n" only: str.splitlines() would also cut a row at a U+2028 that
+            # a logged completion holds (json.dumps(ensure_ascii=False) writes it raw).
+            kept = [line for line in text_lines(path, str(path)) if json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def close(self) -> None:
@@ -97,13 +100,6 @@ class RunLog:
             self._wandb.finish()
 
 
-def jsonl_lines(path: Path) -> list[str]:
-    """The lines of a JSONL file, split at "\n" only. `str.splitlines()` also splits at U+2028,
-    U+0085 and other separators that a model's completion can hold and that
-    `json.dumps(ensure_ascii=False)` writes raw, which would cut a row in two."""
-    return path.read_text(encoding="utf-8").split("\n")
-
-
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a JSONL file ([] when absent), stopping at a half-written last line: a run being
     written right now is read up to its last complete line."""
@@ -111,7 +107,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    for line in jsonl_lines(path):
+    for line in text_lines(path, str(path)):  # "\n" only, as in truncate_after
         if line.strip():
             try:
                 rows.append(json.loads(line))
