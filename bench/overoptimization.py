@@ -20,8 +20,9 @@ d = sqrt(KL). Gao et al.'s functional form for best-of-n, gold(d) - gold(0) = d 
 is fitted by least squares; the gold score peaks at d* = alpha / (2 beta) (KL* = d*^2) when
 beta > 0. Intervals: percentile bootstrap over prompts (--bootstrap resamples).
 
-Everything slow is cached under --out (the sample pool, each reward model): a rerun with the same
-settings only refits and redraws. Writes results.json and overoptimization.svg.
+Everything slow is cached under --out (the sample pool and each proxy's scores, per prompt; each
+reward model): a rerun with the same settings only refits and redraws, and a rerun with more
+--prompts samples and scores only the new ones. Writes results.json and overoptimization.svg.
 """
 
 from __future__ import annotations
@@ -121,38 +122,60 @@ def proxy_pairs(sentences: list[str], size: int, noise: float, seed: int, gold, 
 
 
 def sample_pool(args, prefixes: list[str], out: Path) -> list[list[str]]:
-    """N continuations per prompt, cached in pool.jsonl beside the settings that made it."""
-    settings = {"model": args.model, "prompts": prefixes, "n": args.n, "max_new_tokens": args.max_new_tokens,
-                "temperature": 1.0, "seed": args.seed, "instruction": INSTRUCTION}  # fmt: skip
-    pool_path, meta_path = out / "pool.jsonl", out / "pool.settings.json"
-    if pool_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == settings:
-        print(f"pool: reusing {pool_path}", file=sys.stderr)
-        from preftune.data.files import text_lines  # "\n" only: a completion may hold U+2028
+    """N continuations per prompt, cached in pool.jsonl beside the settings that made it.
 
-        return [json.loads(line)["completions"] for line in text_lines(pool_path, str(pool_path))]
+    The cache is per prompt: a run with more --prompts (the first ones are the same prefixes)
+    samples only the new prompts and appends them, with seed --seed + (prompts already cached), so
+    the first chunk is exactly what a from-scratch run draws and later chunks are fresh draws.
+    """
+    settings = {"model": args.model, "n": args.n, "max_new_tokens": args.max_new_tokens,
+                "temperature": 1.0, "seed": args.seed, "instruction": INSTRUCTION}  # fmt: skip
+    pool_path, meta_path, timing_path = out / "pool.jsonl", out / "pool.settings.json", out / "pool.timing.json"
+    cached: dict[str, list[str]] = {}
+    if pool_path.exists() and meta_path.exists():
+        saved = json.loads(meta_path.read_text())
+        if {k: v for k, v in saved.items() if k != "prompts"} == settings:
+            from preftune.data.files import text_lines  # "\n" only: a completion may hold U+2028
+
+            rows = (json.loads(line) for line in text_lines(pool_path, str(pool_path)))
+            cached = {row["prompt"]: row["completions"] for row in rows}
+        else:
+            # Another model, n or seed: start over, and forget the proxies' scores of the old pool.
+            for stale in (pool_path, timing_path, *out.glob("rm-*/pool-scores.json")):
+                stale.unlink(missing_ok=True)
+    missing = [p for p in prefixes if p not in cached]
+    if not missing:
+        print(f"pool: reusing {pool_path} ({len(cached)} prompts cached)", file=sys.stderr)
+        return [cached[p] for p in prefixes]
     from preftune.data.schema import user_prompt
     from preftune.generate import generate_completions
     from preftune.models.load import load_policy
 
+    print(f"pool: {len(cached)} prompts cached, sampling {len(missing)} more", file=sys.stderr)
     model, tokenizer = load_policy(args.model)
     started = time.perf_counter()
     result = generate_completions(
-        model, tokenizer, [user_prompt(INSTRUCTION.format(prefix=p)) for p in prefixes], args.n,
-        max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, seed=args.seed,
+        model, tokenizer, [user_prompt(INSTRUCTION.format(prefix=p)) for p in missing], args.n,
+        max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, seed=args.seed + len(cached),
         batch_size=args.generate_batch, show_progress=sys.stderr.isatty(),
     )  # fmt: skip
     print(
         f"pool: {result.new_tokens} tokens in {time.perf_counter() - started:.0f} s ({result.tokens_per_second:.1f}/s)",
         file=sys.stderr,
     )
-    with pool_path.open("w", encoding="utf-8") as handle:
-        for prefix, texts in zip(prefixes, result.texts, strict=True):
+    with pool_path.open("a", encoding="utf-8") as handle:
+        for prefix, texts in zip(missing, result.texts, strict=True):
             handle.write(json.dumps({"prompt": prefix, "completions": texts}, ensure_ascii=False) + "\n")
-    meta_path.write_text(json.dumps(settings))
-    (out / "pool.timing.json").write_text(
-        json.dumps({"seconds": result.seconds, "tokens": result.new_tokens})
-    )
-    return result.texts
+            cached[prefix] = texts
+    meta_path.write_text(json.dumps(settings | {"prompts": list(cached)}))
+    chunks = json.loads(timing_path.read_text()).get("chunks", []) if timing_path.exists() else []
+    if timing_path.exists() and not chunks:  # written before the cache was per prompt: one chunk
+        old = json.loads(timing_path.read_text())
+        chunks = [{"prompts": len(cached) - len(missing), "seconds": old["seconds"], "tokens": old["tokens"]}]
+    chunks.append({"prompts": len(missing), "seconds": result.seconds, "tokens": result.new_tokens})
+    timing_path.write_text(json.dumps({"seconds": sum(c["seconds"] for c in chunks),
+                                       "tokens": sum(c["tokens"] for c in chunks), "chunks": chunks}))  # fmt: skip
+    return [cached[p] for p in prefixes]
 
 
 def train_proxy(args, pairs, size: int, out: Path) -> tuple[Path, float]:
@@ -190,32 +213,39 @@ def train_proxy(args, pairs, size: int, out: Path) -> tuple[Path, float]:
 
 
 def score_pool(folder: Path, prefixes: list[str], pool: list[list[str]], args) -> list[list[float]]:
+    """The proxy's score of every pooled completion, cached per prompt (as the pool is)."""
     cache = folder.parent / "pool-scores.json"
-    key = {"pool": str(folder.parent.parent / "pool.jsonl"), "n": args.n, "prompts": len(prefixes)}
+    scores: dict[str, list[float]] = {}
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved["key"] == key:
-            return saved["scores"]
-    import torch
+        if saved["key"]["n"] == args.n:
+            # Before the per-prompt cache, scores were a list over the first key["prompts"] prefixes.
+            listed = isinstance(saved["scores"], list)
+            scores = dict(zip(prefixes, saved["scores"], strict=False)) if listed else saved["scores"]
+    todo = [i for i, p in enumerate(prefixes) if p not in scores]
+    if todo:
+        import torch
 
-    from preftune.judges.registry import get_judge, score_batch
-    from preftune.precision import autocast, choose_precision
+        from preftune.judges.registry import get_judge, score_batch
+        from preftune.precision import autocast, choose_precision
 
-    judge = get_judge(f"rm:{folder}", batch_size=32, max_length=args.max_length, max_prompt_length=64)
-    prompts = [rm_prompt(p) for p, texts in zip(prefixes, pool, strict=True) for _ in texts]
-    # The trainer's own precision choice (bf16 autocast where the CPU has bf16 units): at N = 1,024
-    # scoring is tens of thousands of forward passes.
-    precision, _ = choose_precision(torch.device("cpu"))
-    started = time.perf_counter()
-    with torch.inference_mode(), autocast(torch.device("cpu"), precision):
-        flat = score_batch(judge, prompts, [t for texts in pool for t in texts])
-    print(
-        f"scored {len(flat)} completions with {folder} in {time.perf_counter() - started:.0f} s ({precision})",
-        file=sys.stderr,
-    )
-    scores = [flat[i * args.n : (i + 1) * args.n] for i in range(len(prefixes))]
-    cache.write_text(json.dumps({"key": key, "scores": scores}))
-    return scores
+        judge = get_judge(f"rm:{folder}", batch_size=32, max_length=args.max_length, max_prompt_length=64)
+        prompts = [rm_prompt(prefixes[i]) for i in todo for _ in pool[i]]
+        # The trainer's own precision choice (bf16 autocast where the CPU has bf16 units): at N = 1,024
+        # scoring is tens of thousands of forward passes.
+        precision, _ = choose_precision(torch.device("cpu"))
+        started = time.perf_counter()
+        with torch.inference_mode(), autocast(torch.device("cpu"), precision):
+            flat = score_batch(judge, prompts, [t for i in todo for t in pool[i]])
+        print(
+            f"scored {len(flat)} completions of {len(todo)} prompts with {folder} in "
+            f"{time.perf_counter() - started:.0f} s ({precision})",
+            file=sys.stderr,
+        )
+        for k, i in enumerate(todo):
+            scores[prefixes[i]] = flat[k * args.n : (k + 1) * args.n]
+        cache.write_text(json.dumps({"key": {"n": args.n}, "scores": scores}))
+    return [scores[p] for p in prefixes]
 
 
 def bon_curves(proxy: list[list[float]], gold: list[list[float]], ns: list[int]):
@@ -352,7 +382,7 @@ def main() -> None:
         "pool": {"prompts": len(prefixes), "samples_per_prompt": args.n, "generate_seconds": pool_seconds,
                  "gold_mean": sum(map(sum, gold_scores)) / (len(pool) * args.n),
                  "gold_zero_fraction": sum(s == 0 for row in gold_scores for s in row) / (len(pool) * args.n),
-                 "examples": [{"prompt": prefixes[i], "completion": pool[i][0], "gold": gold_scores[i][0]} for i in range(3)]},
+                 "examples": [{"prompt": prefixes[i], "completion": pool[i][0], "gold": gold_scores[i][0]} for i in range(min(3, len(pool)))]},
         "oracle": summarize(bon_curves(gold_scores, gold_scores, ns), ns, 0, args.seed),
         "proxies": {},
     }  # fmt: skip

@@ -232,6 +232,38 @@ ROLLOUT_ENGINE_HELP = (
     "hf (transformers' generate; any model), vllm (CUDA, extra [gpu]); auto: slots where it applies, else hf."
 )
 ROLLOUT_PRECISION_HELP = "Sampling precision: auto (bf16 on CUDA and on CPUs with bf16 units, else fp32), fp32 or bf16."
+
+
+# The sampling settings of every command that samples (ppo, grpo, online-dpo, bon), declared once.
+# Where the trainers' KL to the reference is computed from the sampled tokens, top-k and top-p bias
+# it: those commands pass KL_BIAS_NOTE.
+KL_BIAS_NOTE = " Biases the KL estimate; a warning says so."
+RolloutEngine = typing.Literal["auto", "slots", "hf", "vllm"]
+RolloutPrecision = typing.Literal["auto", "fp32", "bf16"]
+
+
+def max_new_tokens_setting(default: int, note: str = "") -> Any:
+    return setting(default, help="Longest completion; a completion cut here has no EOS." + note, check=at_least(1))
+
+
+def temperature_setting(note: str = " The log-probs of ratio and KL use the same one.") -> Any:
+    return setting(1.0, help="Sampling temperature." + note, check=above(0))
+
+
+def top_k_setting(note: str = "") -> Any:
+    return setting(0, help="Top-k sampling (0: off)." + note, check=at_least(0))
+
+
+def top_p_setting(note: str = "") -> Any:
+    return setting(1.0, help="Nucleus sampling (1: off)." + note, check=fraction(above_zero=True))
+
+
+def rollout_engine_setting() -> Any:
+    return setting("auto", help=ROLLOUT_ENGINE_HELP)
+
+
+def rollout_precision_setting() -> Any:
+    return setting("auto", help=ROLLOUT_PRECISION_HELP)
 # The names of losses/dpo.py's DPO_LOSSES (a test keeps them equal; config must not import torch).
 DPO_LOSS_NAMES = ("sigmoid", "robust", "cdpo", "ipo", "hinge", "simpo")
 
@@ -360,10 +392,10 @@ class PPOConfig(TrainConfig):
     iterations: int = setting(100, help="PPO iterations (rollout + update).", check=at_least(1))
     rollout_batch: int = setting(16, help="Prompts sampled per iteration, one completion each.", check=at_least(1))
     ppo_epochs: int = setting(4, help="Passes over each rollout.", check=at_least(1))
-    max_new_tokens: int = setting(48, help="Longest completion; a completion cut here has no EOS.", check=at_least(1))
-    temperature: float = setting(1.0, help="Sampling temperature; the log-probs of ratio and KL use the same one.", check=above(0))
-    top_k: int = setting(0, help="Top-k sampling (0: off). Biases the KL estimate; a warning says so.", check=at_least(0))
-    top_p: float = setting(1.0, help="Nucleus sampling (1: off). Biases the KL estimate; a warning says so.", check=fraction(above_zero=True))
+    max_new_tokens: int = max_new_tokens_setting(48)
+    temperature: float = temperature_setting()
+    top_k: int = top_k_setting(KL_BIAS_NOTE)
+    top_p: float = top_p_setting(KL_BIAS_NOTE)
     kl_coef: float = setting(0.05, help="KL penalty coefficient (the initial value with --target-kl).", check=at_least(0))
     target_kl: float = setting(0.0, help="Adaptive KL controller target, in nats per completion (0: fixed --kl-coef).", check=at_least(0))
     kl_horizon: float = setting(10000.0, help="Adaptive controller horizon, in completions (Ziegler et al. 2019).", check=above(0))
@@ -378,8 +410,8 @@ class PPOConfig(TrainConfig):
     missing_eos_penalty: float = setting(0.0, help="Subtracted from the score of a completion that hit --max-new-tokens without EOS.", check=at_least(0))
     score_clip: float = setting(0.0, help="Clip scores to [-c, c] (0: no clip).", check=at_least(0))
     normalize_scores: bool = setting(False, help="Whiten each rollout's scores (mean 0, std 1) before the KL penalty.")
-    rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
-    rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
+    rollout_engine: RolloutEngine = rollout_engine_setting()
+    rollout_precision: RolloutPrecision = rollout_precision_setting()
 
     def relations(self) -> list[tuple[str, bool, str]]:
         minibatch = self.batch_size * self.grad_accum
@@ -407,16 +439,16 @@ class BoNConfig:
     out: str = setting(help="JSONL to write: prompt, best response, its score and all n scores per line.")
     n: int = setting(16, help="Completions sampled per prompt.", check=at_least(1))
     gold: str | None = setting(None, help="Optional second judge that scores the kept completion (e.g. judge:sentiment when --reward is rm:DIR).")
-    max_new_tokens: int = setting(48, help="Longest completion.", check=at_least(1))
-    temperature: float = setting(1.0, help="Sampling temperature; the KL figure is relative to this sampling distribution.", check=above(0))
-    top_k: int = setting(0, help="Top-k sampling (0: off).", check=at_least(0))
-    top_p: float = setting(1.0, help="Nucleus sampling (1: off).", check=fraction(above_zero=True))
+    max_new_tokens: int = max_new_tokens_setting(48)
+    temperature: float = temperature_setting(" The KL figure is relative to this sampling distribution.")
+    top_k: int = top_k_setting()
+    top_p: float = top_p_setting()
     seed: int = setting(0, help="Sampling seed.", check=at_least(0))
     batch_size: int = setting(16, help="Sequences per generate call.", check=at_least(1))
     max_prompt_length: int = setting(512, help="Max prompt tokens (the oldest turns go first).", check=at_least(1))
     device: str = setting("auto", help="auto, cpu or cuda.", check=DEVICE)
-    rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
-    rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
+    rollout_engine: RolloutEngine = rollout_engine_setting()
+    rollout_precision: RolloutPrecision = rollout_precision_setting()
 
 
 @dataclass(kw_only=True)
@@ -442,18 +474,18 @@ class GRPOConfig(TrainConfig):
     prompts_per_iteration: int = setting(4, help="Prompts sampled per iteration.", check=at_least(1))
     num_generations: int = setting(4, help="Completions per prompt (the group size G).", check=at_least(1))
     ppo_epochs: int = setting(1, help="Passes over each rollout (GRPO's mu; 1 is on-policy).", check=at_least(1))
-    max_new_tokens: int = setting(32, help="Longest completion; a completion cut here has no EOS. Also Dr. GRPO's constant normaliser.", check=at_least(1))
-    temperature: float = setting(1.0, help="Sampling temperature; the log-probs of ratio and KL use the same one.", check=above(0))
-    top_k: int = setting(0, help="Top-k sampling (0: off). Biases the KL estimate; a warning says so.", check=at_least(0))
-    top_p: float = setting(1.0, help="Nucleus sampling (1: off). Biases the KL estimate; a warning says so.", check=fraction(above_zero=True))
+    max_new_tokens: int = max_new_tokens_setting(32, " Also Dr. GRPO's constant normaliser.")
+    temperature: float = temperature_setting()
+    top_k: int = top_k_setting(KL_BIAS_NOTE)
+    top_p: float = top_p_setting(KL_BIAS_NOTE)
     kl_coef: float = setting(0.04, help="Weight of the KL to the reference (GRPO's beta; 0 skips the reference entirely).", check=at_least(0))
     kl_estimator: str = setting("k3", help="Per-token KL estimator: k1 (log-ratio), k2 or k3 (unbiased, >= 0; GRPO's eq. 4).", check=one_of("k1", "k2", "k3"))
     clip_range: float = setting(0.2, help="Ratio clip epsilon.", check=above(0))
     gamma: float = setting(1.0, help="Discount of the per-token return under --advantage reinforce_pp.", check=fraction())
     missing_eos_penalty: float = setting(0.0, help="Subtracted from the score of a completion that hit --max-new-tokens without EOS.", check=at_least(0))
     eval_generations: int = setting(1, help="Completions per held-out prompt at each evaluation.", check=at_least(1))
-    rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
-    rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
+    rollout_engine: RolloutEngine = rollout_engine_setting()
+    rollout_precision: RolloutPrecision = rollout_precision_setting()
 
     @property
     def rollout_size(self) -> int:
@@ -508,13 +540,13 @@ class OnlineDPOConfig(TrainConfig):
     length_normalize: bool = setting(False, help="ipo: use per-token mean log-probs instead of sums.")
     iterations: int = setting(100, help="Iterations (sample pairs + one update).", check=at_least(1))
     prompts_per_iteration: int = setting(8, help="Prompts (pairs) per iteration.", check=at_least(1))
-    max_new_tokens: int = setting(48, help="Longest completion; a completion cut here has no EOS.", check=at_least(1))
-    temperature: float = setting(1.0, help="Sampling temperature; log-probs use the same one.", check=above(0))
-    top_k: int = setting(0, help="Top-k sampling (0: off).", check=at_least(0))
-    top_p: float = setting(1.0, help="Nucleus sampling (1: off).", check=fraction(above_zero=True))
+    max_new_tokens: int = max_new_tokens_setting(48)
+    temperature: float = temperature_setting(" The log-probs of the DPO loss use the same one.")
+    top_k: int = top_k_setting()
+    top_p: float = top_p_setting()
     missing_eos_penalty: float = setting(0.0, help="Subtracted from the score of a completion that hit --max-new-tokens without EOS before ranking.", check=at_least(0))
-    rollout_engine: typing.Literal["auto", "slots", "hf", "vllm"] = setting("auto", help=ROLLOUT_ENGINE_HELP)
-    rollout_precision: typing.Literal["auto", "fp32", "bf16"] = setting("auto", help=ROLLOUT_PRECISION_HELP)
+    rollout_engine: RolloutEngine = rollout_engine_setting()
+    rollout_precision: RolloutPrecision = rollout_precision_setting()
 
     def relations(self) -> list[tuple[str, bool, str]]:
         unused = "is not used by online-dpo, which counts --iterations (sample pairs + update)"
