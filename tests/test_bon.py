@@ -104,3 +104,16 @@ def test_bon_command_writes_best_and_prints_kl(tmp_path):
         app, ["bon", "--model", "tiny", "--reward", "judge:nope", "--prompts", str(prompts), "-o", str(out)]
     )
     assert bad.exit_code == 2 and "unknown judge" in bad.output
+
+
+def test_bon_command_takes_the_sampling_engine_and_precision(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The film was\nI loved\n")
+    out = tmp_path / "bon.jsonl"
+    common = ["bon", "--model", "tiny", "--reward", "judge:readability", "--prompts", str(prompts), "-n", "2",
+              "-o", str(out), "--max-new-tokens", "4"]  # fmt: skip
+    result = CliRunner().invoke(app, [*common, "--rollout-engine", "hf", "--rollout-precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 2
+    bad = CliRunner().invoke(app, [*common, "--rollout-engine", "fast"])
+    assert bad.exit_code == 2 and "--rollout-engine" in bad.output and "fast" in bad.output

@@ -83,6 +83,8 @@ def bon(
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Sequences per generate call."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    rollout_engine: str = typer.Option("auto", "--rollout-engine", help=ROLLOUT_ENGINE_HELP),
+    rollout_precision: str = typer.Option("auto", "--rollout-precision", help=ROLLOUT_PRECISION_HELP),
 ) -> None:
     """Best-of-n: sample n completions per prompt, keep the best; prints the mean kept score and
     the KL of best-of-n, log n - (n-1)/n, for n and each power of two below it."""
@@ -91,5 +93,6 @@ def bon(
 
     settings = dict(model=model, reward=reward, prompts=str(prompts), n=n, out=str(out), gold=gold,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                    batch_size=batch_size, device=device)  # fmt: skip
+                    batch_size=batch_size, device=device, rollout_engine=rollout_engine,
+                    rollout_precision=rollout_precision)  # fmt: skip
     typer.echo(json.dumps(run_best_of_n(resolve_config(BoNConfig, None, settings))))
