@@ -168,10 +168,7 @@ def sample_pool(args, prefixes: list[str], out: Path) -> list[list[str]]:
             handle.write(json.dumps({"prompt": prefix, "completions": texts}, ensure_ascii=False) + "\n")
             cached[prefix] = texts
     meta_path.write_text(json.dumps(settings | {"prompts": list(cached)}))
-    chunks = json.loads(timing_path.read_text()).get("chunks", []) if timing_path.exists() else []
-    if timing_path.exists() and not chunks:  # written before the cache was per prompt: one chunk
-        old = json.loads(timing_path.read_text())
-        chunks = [{"prompts": len(cached) - len(missing), "seconds": old["seconds"], "tokens": old["tokens"]}]
+    chunks = json.loads(timing_path.read_text())["chunks"] if timing_path.exists() else []
     chunks.append({"prompts": len(missing), "seconds": result.seconds, "tokens": result.new_tokens})
     timing_path.write_text(json.dumps({"seconds": sum(c["seconds"] for c in chunks),
                                        "tokens": sum(c["tokens"] for c in chunks), "chunks": chunks}))  # fmt: skip
@@ -219,9 +216,7 @@ def score_pool(folder: Path, prefixes: list[str], pool: list[list[str]], args) -
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved["key"]["n"] == args.n:
-            # Before the per-prompt cache, scores were a list over the first key["prompts"] prefixes.
-            listed = isinstance(saved["scores"], list)
-            scores = dict(zip(prefixes, saved["scores"], strict=False)) if listed else saved["scores"]
+            scores = saved["scores"]
     todo = [i for i, p in enumerate(prefixes) if p not in scores]
     if todo:
         import torch
