@@ -117,3 +117,22 @@ def test_bon_command_takes_the_sampling_engine_and_precision(tmp_path):
     assert len(out.read_text().splitlines()) == 2
     bad = CliRunner().invoke(app, [*common, "--rollout-engine", "fast"])
     assert bad.exit_code == 2 and "--rollout-engine" in bad.output and "fast" in bad.output
+
+
+def test_bon_command_reads_every_setting_from_a_config_file(tmp_path):
+    # The flags are generated from BoNConfig, so settings the hand-written command once lacked
+    # (--max-prompt-length) work, and --config files use the same names.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The film was\nI loved\n")
+    out = tmp_path / "bon.jsonl"
+    config = tmp_path / "bon.yaml"
+    config.write_text(f"model: tiny\nreward: judge:readability\nprompts: {prompts}\nout: {out}\nn: 3\n"
+                      "max_new_tokens: 4\nmax_prompt_length: 40\n")  # fmt: skip
+    result = CliRunner().invoke(app, ["bon", "--config", str(config), "-n", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["n"] == 2  # the flag overrides the file
+    assert all(len(json.loads(line)["scores"]) == 2 for line in out.read_text().splitlines())
+    bad = CliRunner().invoke(app, ["bon", "--config", str(config), "-n", "0"])
+    assert bad.exit_code == 2 and "--n:" in bad.output
+    short = CliRunner().invoke(app, ["bon", "--config", str(config), "--max-prompt-length", "2"])
+    assert short.exit_code == 2 and "--max-prompt-length: 2 tokens is shorter than the chat template" in short.output

@@ -102,6 +102,14 @@ def test_training_errors_are_one_line(tmp_path):
     assert_one_line_error(run(*base, "--config", config), f"{config}:2: unknown setting 'betta'")
 
 
+def test_short_flags_must_name_a_field():
+    from preftune.cli.common import add_config_command
+    from preftune.config import BoNConfig
+
+    with pytest.raises(ValueError, match="short_flags name no field of BoNConfig: output"):
+        add_config_command("bon-typo", BoNConfig, print, "never registered", short_flags={"output": "-o"})
+
+
 def test_serve_on_a_busy_port_is_one_line(tmp_path):
     import socket
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -16,6 +17,7 @@ from preftune.demo import (
     QUICK,
     best_against_worst,
     demo_prompts,
+    dpo_training_pairs,
     label_by_kid_judge,
     split_by_prompt,
     split_prompts,
@@ -51,6 +53,12 @@ def test_best_against_worst_keeps_each_prompts_widest_gap_and_first_unscored_pai
         ("p2", "x", "y"),
         ("p3", "first vote", "other"),
     ]
+
+
+def test_dpo_trains_on_best_against_worst_unless_told_every_pair():
+    pairs = [scored_pair("a", "x", "y", (0.9, 0.2)), scored_pair("a", "x", "z", (0.9, 0.5)), scored_pair("b", "u", "v", (0.6, 0.1))]
+    assert dpo_training_pairs(pairs, QUICK) == [pairs[0], pairs[2]]
+    assert dpo_training_pairs(pairs, dataclasses.replace(QUICK, dpo_all_pairs=True)) == pairs
 
 
 def test_split_by_prompt_holds_out_every_fifth_prompt_whole():

@@ -46,6 +46,9 @@ class DemoSize:
     rm_lr: float = 5e-4
     rm_top_layers: int = 8  # LoRA on the reward model's top blocks only (SmolLM2 has 30)
     dpo_beta: float = 0.1
+    # DPO on every pair the judge separates, not only each prompt's best answer against its worst
+    # (bench/demo_seeds.py compares the two; bench/README.md, "The demo").
+    dpo_all_pairs: bool = False
     ppo_iterations: int = 12
     ppo_rollout: int = 8  # prompts per PPO iteration, one completion each
     ppo_new_tokens: int = 32
@@ -123,6 +126,10 @@ def best_against_worst(pairs: list[PreferencePair]) -> list[PreferencePair]:
         return high - low
 
     return [max(group, key=gap) for group in _by_prompt(pairs).values()]
+
+
+def dpo_training_pairs(pairs: list[PreferencePair], size: DemoSize) -> list[PreferencePair]:
+    return list(pairs) if size.dpo_all_pairs else best_against_worst(pairs)
 
 
 def split_by_prompt(pairs: list[PreferencePair], every: int = HELD_OUT_EVERY) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -221,16 +228,17 @@ def run_demo(
         left_out = "near-ties"
     files = {name: root / f"{name}.jsonl" for name in ("pairs", "rm_train", "rm_held_out", "dpo_pairs")}
     rm_train, rm_held_out = split_by_prompt(pairs)
-    dpo_pairs = best_against_worst(pairs)
+    dpo_pairs = dpo_training_pairs(pairs, size)
     for name, rows in zip(files, (pairs, rm_train, rm_held_out, dpo_pairs), strict=True):
         write_jsonl(rows, files[name])
     _say(f"      {len(pairs)} pairs ({ties} {left_out} left out) -> {files['pairs']}")
 
     common = dict(model=model, lora=True, seed=seed, batch_size=4, max_length=192, max_prompt_length=64,
                   lora_r=16, lora_alpha=32, overwrite=True)  # fmt: skip
+    which_dpo_pairs = "every pair" if size.dpo_all_pairs else "each prompt's best answer against its worst"
     held_out_note = f", scored on {len(rm_held_out)} pairs of prompts it never sees" if rm_held_out else ""
     _say(f"[5/{stages}] reward model on {len(rm_train)} pairs{held_out_note}; "
-         f"DPO with LoRA on {len(dpo_pairs)} pairs (each prompt's best answer against its worst)")  # fmt: skip
+         f"DPO with LoRA on {len(dpo_pairs)} pairs ({which_dpo_pairs})")  # fmt: skip
     rm_out = train_reward_model(resolve_config(RMConfig, None, common | dict(
         data=str(files["rm_train"]), eval_data=str(files["rm_held_out"]) if rm_held_out else None,
         out=str(root / "rm"), epochs=size.rm_epochs, lr=size.rm_lr, lora_top_layers=size.rm_top_layers)), show_progress=show)  # fmt: skip

@@ -97,12 +97,19 @@ def _metavar(annotation, check=None) -> str:
     return {int: "INT", float: "FLOAT"}.get(base, "LIST" if typing.get_origin(base) is list else "TEXT")
 
 
-def add_config_command(name: str, config_class: type, run: typing.Callable, summary: str) -> None:
+def add_config_command(
+    name: str, config_class: type, run: typing.Callable, summary: str, short_flags: dict[str, str] | None = None
+) -> None:
     """Register `preftune NAME` with one flag per config field, plus --config FILE.yaml.
 
     The flags are generated from the dataclass, so a setting's name, type and help live in one
-    place (the config class) and `--config` files use exactly the same names.
+    place (the config class) and `--config` files use exactly the same names. `short_flags` adds
+    a one-letter form to a field's flag, e.g. {"out": "-o"}.
     """
+    short_flags = short_flags or {}
+    unknown = set(short_flags) - {f.name for f in dataclasses.fields(config_class)}
+    if unknown:
+        raise ValueError(f"short_flags name no field of {config_class.__name__}: {', '.join(sorted(unknown))}")
     hints = typing.get_type_hints(config_class)
     params = [
         inspect.Parameter(
@@ -114,6 +121,7 @@ def add_config_command(name: str, config_class: type, run: typing.Callable, summ
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
         decl = f"{flag}/--no-{field.name.replace('_', '-')}" if hints[field.name] is bool else flag
+        decls = (decl, short_flags[field.name]) if field.name in short_flags else (decl,)
         help_text = field.metadata.get("help", "")
         if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             help_text += " [required]"
@@ -125,7 +133,7 @@ def add_config_command(name: str, config_class: type, run: typing.Callable, summ
                 # same one-line "--flag: reason" error from a flag as from a config file.
                 field.name, inspect.Parameter.KEYWORD_ONLY,
                 annotation=bool | None if hints[field.name] is bool else str | None,
-                default=typer.Option(None, decl, help=help_text, show_default=False, metavar=_metavar(hints[field.name], field.metadata.get("check"))),
+                default=typer.Option(None, *decls, help=help_text, show_default=False, metavar=_metavar(hints[field.name], field.metadata.get("check"))),
             )
         )  # fmt: skip
 

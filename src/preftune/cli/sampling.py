@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ..config import ROLLOUT_ENGINE_HELP, ROLLOUT_PRECISION_HELP
-from .common import app, fail, user_errors
+from ..config import ROLLOUT_ENGINE_HELP, ROLLOUT_PRECISION_HELP, BoNConfig
+from .common import add_config_command, app, fail, user_errors
 
 
 @app.command("generate")
@@ -67,32 +67,17 @@ def generate(
     )
 
 
-@app.command("bon")
-@user_errors
-def bon(
-    model: str = typer.Option(..., "--model", help="Policy to sample from: local folder, hub name, or alias (smollm2-135m, tiny)."),
-    reward: str = typer.Option(..., "--reward", help="What picks the best: rm:DIR, judge:sentiment or judge:readability."),
-    prompts: Path = typer.Option(..., "--prompts", help='JSONL of {"prompt": str | [messages]}, or .txt, one prompt per line.'),
-    n: int = typer.Option(16, "-n", help="Completions sampled per prompt."),
-    out: Path = typer.Option(..., "-o", "--out", help="JSONL to write: prompt, best response, its score, all n scores."),
-    gold: str = typer.Option(None, "--gold", help="Optional second judge scoring the kept completion."),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
-    temperature: float = typer.Option(1.0, "--temperature", help="The KL figure is relative to this sampling distribution."),
-    top_k: int = typer.Option(0, "--top-k", min=0),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Sequences per generate call."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    rollout_engine: str = typer.Option("auto", "--rollout-engine", help=ROLLOUT_ENGINE_HELP),
-    rollout_precision: str = typer.Option("auto", "--rollout-precision", help=ROLLOUT_PRECISION_HELP),
-) -> None:
-    """Best-of-n: sample n completions per prompt, keep the best; prints the mean kept score and
-    the KL of best-of-n, log n - (n-1)/n, for n and each power of two below it."""
+def _best_of_n(config) -> None:
+    """Run best-of-n and print its summary as one JSON line."""
     from ..bon import run_best_of_n
-    from ..config import BoNConfig, resolve_config
 
-    settings = dict(model=model, reward=reward, prompts=str(prompts), n=n, out=str(out), gold=gold,
-                    max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                    batch_size=batch_size, device=device, rollout_engine=rollout_engine,
-                    rollout_precision=rollout_precision)  # fmt: skip
-    typer.echo(json.dumps(run_best_of_n(resolve_config(BoNConfig, None, settings))))
+    typer.echo(json.dumps(run_best_of_n(config)))
+
+
+# The flags come from BoNConfig (config.py), so the command and `--config` files never drift apart.
+add_config_command(
+    "bon", BoNConfig, _best_of_n,
+    "Best-of-n: sample n completions per prompt, keep the best; prints the mean kept score and the "
+    "KL of best-of-n, log n - (n-1)/n, for n and each power of two below it.",
+    short_flags={"n": "-n", "out": "-o"},
+)  # fmt: skip

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .schema import Message, PreferencePair, UnpairedExample
+from .schema import DataError, Message, PreferencePair, UnpairedExample
 
 
 @dataclass
@@ -155,9 +155,8 @@ class PairTokenizer:
                 if system:  # a system prompt longer than the budget goes before the question does
                     system, ids = [], self._prompt_ids_untruncated(turns)
                     continue
-                raise ValueError(
-                    f"the chat template alone needs more than max_prompt_length={self.max_prompt_length} tokens"
-                )
+                # A setting the user chose, so it is reported as one line like a bad file.
+                raise DataError("--max-prompt-length", 0, f"{self.max_prompt_length} tokens is shorter than the chat template alone; raise it")
             # Decoding then re-encoding can merge differently at the new start; loop until it fits.
             turns = [Message(first.role, self.tokenizer.decode(content_ids[excess:]))] + turns[1:]
             ids = self._prompt_ids_untruncated(system + turns)
