@@ -144,5 +144,10 @@ def test_accumulation_matches_one_batch_at_step_1(thumbs_file, tmp_path):
     (one,), (two,) = (read_metrics(run) for run in runs)
     for name in ("loss", "logps/chosen", "logps/rejected", "grad_norm", "num_tokens"):
         assert two[name] == pytest.approx(one[name], rel=1e-5), name
+    # Adam's first step moves each weight by about lr * sign(gradient). Where a gradient is within
+    # fp32 summation noise of zero (the runs add the examples in different orders, and CPUs order
+    # their reductions differently) its sign, and so that weight's step, can differ by up to 2 x lr.
+    other = final_weights(runs[1])
     for name, tensor in final_weights(runs[0]).items():
-        assert torch.allclose(tensor, final_weights(runs[1])[name], atol=1e-6), name
+        diff = (tensor - other[name]).abs()
+        assert diff.max() <= 2 * 1e-3 and (diff > 1e-6).float().mean() < 1e-3, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import pytest
@@ -55,10 +56,14 @@ def test_adaptive_kl_holds_target_while_score_rises_and_no_penalty_drifts(prompt
     adaptive = train_ppo(config(prompts_file, tmp_path / "adaptive", kl_coef=1.0, target_kl=4.0, kl_horizon=160,
                                 **common_settings), reward_fn=count_e, show_progress=False)  # fmt: skip
     rows = iteration_rows(adaptive)
-    first_scores = statistics.mean(r["objective/scores"] for r in rows[:5])
-    last_scores = statistics.mean(r["objective/scores"] for r in rows[-10:])
+    # The score rises by more than its noise: 16 rollouts per iteration make each iteration's mean
+    # score noisy (sd ~0.3 here), so the last half is set against the first 10 iterations with
+    # the standard error of that difference, not against a fixed multiple (which held on one CPU
+    # and not on another: fp32 sums, and so the sampled tokens, differ between CPUs).
+    first, last = [r["objective/scores"] for r in rows[:10]], [r["objective/scores"] for r in rows[-30:]]
+    rise = statistics.mean(last) - statistics.mean(first)
+    assert rise > 3 * math.sqrt(statistics.variance(first) / len(first) + statistics.variance(last) / len(last))
     last_kl = statistics.mean(r["objective/kl"] for r in rows[-10:])
-    assert last_scores > 1.8 * first_scores
     assert 2.0 <= last_kl <= 6.0  # within 50% of the target of 4 nats
     assert rows[-1]["kl_coef"] < 1.0  # it moved: KL was below target while the policy caught up
 
