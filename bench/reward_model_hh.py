@@ -84,18 +84,6 @@ def as_flags(settings: dict) -> list[str]:
     return flags
 
 
-def length_baseline(pairs, shorter: bool) -> list[float]:
-    """Per pair: 1 if the baseline picks the chosen answer, 0 if the rejected one, 0.5 on equal length."""
-    outcomes = []
-    for pair in pairs:
-        chosen, rejected = len(pair.chosen.content), len(pair.rejected.content)
-        if chosen == rejected:
-            outcomes.append(0.5)
-        else:
-            outcomes.append(float((chosen < rejected) == shorter))
-    return outcomes
-
-
 def calibration(gaps: list[float]) -> tuple[list[dict], float]:
     """Bins of the BT probability that the higher-scored answer is chosen, and the ECE."""
     rows, ece = [], 0.0
@@ -133,6 +121,7 @@ def main() -> None:
     from preftune.config import RMConfig, resolve_config
     from preftune.data.formats import read_pairs
     from preftune.data.schema import write_jsonl
+    from preftune.eval.baselines import longer, rule_outcomes, shorter
     from preftune.eval.winrate import wilson_interval
     from preftune.models.reward_model import load_scalar_model
     from preftune.train import common
@@ -179,7 +168,7 @@ def main() -> None:
     n = len(test)
     model_outcomes = [float(g > 0) for g in gaps]
     accuracy = sum(model_outcomes) / n
-    baselines = {"shorter wins": length_baseline(test, shorter=True), "longer wins": length_baseline(test, shorter=False)}
+    baselines = {"shorter wins": rule_outcomes(test, shorter), "longer wins": rule_outcomes(test, longer)}
     baseline_acc = {name: sum(o) / n for name, o in baselines.items()}
     best_name = max(baseline_acc, key=baseline_acc.get)
     se_model = math.sqrt(accuracy * (1 - accuracy) / n)

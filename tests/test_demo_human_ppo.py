@@ -142,10 +142,12 @@ def test_tiny_demo_with_human_votes_and_ppo(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     cast: list[dict] = []
     voters: list[threading.Thread] = []
+    said: list[str] = []
     real_say = demo._say
 
     def say(message: str) -> None:
         real_say(message)
+        said.append(message)
         found = re.search(r"(http://127\.0\.0\.1:\d+)(/login/\S+)", message)
         if found:  # the demo printed its link: a person opens it and votes
             voter = threading.Thread(target=lambda: cast.extend(vote_all(found[1], found[0], shorter)))
@@ -166,6 +168,14 @@ def test_tiny_demo_with_human_votes_and_ppo(tmp_path, monkeypatch):
         cast
     )
     assert result["demo"]["labels"] == "human" and result["demo"]["pairs"] == len(cast)
+    # The voter picks the shorter answer (the left one at equal length), so on the held-out pairs
+    # "shorter answer wins" agrees with every vote but those between equally long answers.
+    held_out = read_pairs(out / "rm_held_out.jsonl")[0]
+    rules = result["reward_model"]["rule_baselines"]
+    agree = [1.0 if len(p.chosen.content) < len(p.rejected.content) else 0.5 for p in held_out]
+    assert held_out and rules["shorter answer wins"] == sum(agree) / len(agree)
+    assert set(rules) == set(demo.RULE_BASELINES) and all(0 <= value <= 1 for value in rules.values())
+    assert f"one-rule baselines on the same pairs: shorter answer wins {rules['shorter answer wins']:.1%}" in "\n".join(said)
 
     report = (out / "report.html").read_text()
     assert "id='proxy-vs-gold'" in report and report.count("<svg") == 3

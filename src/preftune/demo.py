@@ -33,6 +33,7 @@ from itertools import combinations
 from pathlib import Path
 
 from .data.schema import Message, PreferencePair, user_prompt, write_jsonl
+from .eval.baselines import easier_to_read, rule_accuracies, shorter
 
 
 @dataclass
@@ -66,6 +67,9 @@ QUICK = DemoSize(train_prompts=48, eval_prompts=24, max_new_tokens=48, dpo_epoch
 MIN_SCORE_GAP = 0.05  # pairs whose kid scores differ less than this are near-ties, left out
 HELD_OUT_EVERY = 5  # every 5th labelled prompt's pairs score the reward model
 MIN_HUMAN_PAIRS = 4  # fewer votes that pick a side leave the reward model nothing to split
+# What the reward model's held-out accuracy is printed beside: the length floor, and the one feature
+# the kid judge ranks by (its other two terms are guards), which a rule reads straight off the text.
+RULE_BASELINES = {"shorter answer wins": shorter, "easier to read wins (Flesch reading ease)": easier_to_read}
 PPO_RUNS = {"KL-penalised": None, "no KL (kl_coef 0)": 0.0}  # label -> kl_coef (None: DemoSize.ppo_kl_coef)
 PPO_FOLDERS = {"KL-penalised": "ppo", "no KL (kl_coef 0)": "ppo-kl0"}
 
@@ -268,7 +272,7 @@ def run_demo(
     result["demo"] = {"seconds": round(time.perf_counter() - started, 1), "pairs": len(pairs), "near_ties": ties,
                       "dpo_pairs": len(dpo_pairs), "labels": "human" if human else "kid judge", "quick": quick,
                       "runs": runs}  # fmt: skip
-    result["reward_model"] = _reward_model_summary(rm_out, len(rm_train), len(rm_held_out), files["rm_held_out"])
+    result["reward_model"] = _reward_model_summary(rm_out, len(rm_train), rm_held_out, files["rm_held_out"])
     result["examples"] = _before_after(generations, 3)
     if ppo:
         result["ppo"] = _ppo_summary(ppo_runs, ppo_evals)
@@ -344,12 +348,15 @@ def _run_warnings(run_dir: Path) -> list[str]:
     return [warning["name"] for warning in summary.get("warnings") or []]
 
 
-def _reward_model_summary(rm_dir: Path, train_pairs: int, held_out_pairs: int, held_out_file: Path) -> dict:
-    """eval.json's `reward_model`: its accuracy on the held-out prompts' pairs (None without any)."""
+def _reward_model_summary(rm_dir: Path, train_pairs: int, held_out: list[PreferencePair], held_out_file: Path) -> dict:
+    """eval.json's `reward_model`: its accuracy on the held-out prompts' pairs beside the one-rule
+    baselines' (`eval/baselines.py`); None without held-out pairs."""
+    held_out_pairs = len(held_out)
     metrics = json.loads((rm_dir / "summary.json").read_text(encoding="utf-8"))["metrics"]
     return {"run": str(rm_dir), "train_pairs": train_pairs, "held_out_pairs": held_out_pairs,
             "held_out": str(held_out_file) if held_out_pairs else None,
-            "held_out_accuracy": metrics.get("eval/accuracy") if held_out_pairs else None}  # fmt: skip
+            "held_out_accuracy": metrics.get("eval/accuracy") if held_out_pairs else None,
+            "rule_baselines": rule_accuracies(held_out, RULE_BASELINES) if held_out_pairs else None}  # fmt: skip
 
 
 def _mean_grade(texts) -> float:
@@ -372,7 +379,9 @@ def _print_summary(result: dict, root: Path) -> None:
     _say("")
     rm = result["reward_model"]
     if rm["held_out_accuracy"] is not None:
-        _say(f"reward model: {rm['held_out_accuracy']:.1%} of {rm['held_out_pairs']} held-out pairs ranked as the kid judge ranks them")
+        labels = "the kid judge ranks them" if result["demo"]["labels"] == "kid judge" else "your votes rank them"
+        _say(f"reward model: {rm['held_out_accuracy']:.1%} of {rm['held_out_pairs']} held-out pairs ranked as {labels}")
+        _say("  one-rule baselines on the same pairs: " + ", ".join(f"{name} {accuracy:.1%}" for name, accuracy in rm["rule_baselines"].items()))
     _say(f"DPO: kid-judge win rate vs the base model: {kid['win_rate']:.1%} (95% CI {low:.1%} to {high:.1%}, ties {kid['ties']}, {result['n_prompts']} held-out prompts)")
     _say(f"kid score: {kid['ref_mean']:.3f} -> {kid['policy_mean']:.3f}")
     grade = result["readability_grade"]
