@@ -108,6 +108,8 @@ def test_quick_demo_end_to_end(tmp_path):
     rm = summary["reward_model"]
     assert rm["held_out_pairs"] > 0 and 0 <= rm["held_out_accuracy"] <= 1
     assert f"reward model: {100 * rm['held_out_accuracy']:.1f}% of {rm['held_out_pairs']} held-out pairs" in result.stderr
+    for name, accuracy in [("reward model", rm["held_out_accuracy"]), *rm["rule_baselines"].items()]:
+        assert f"<tr data-ranker='{name}'><td>{name}</td><td>{100 * accuracy:.1f}%</td></tr>" in report
     # DPO and both PPO runs are in the report, with the numbers eval.json holds.
     assert str(out / "dpo") in report or "dpo" in summary["demo"]["runs"]
     assert set(summary["ppo"]) == {"KL-penalised", "no KL (kl_coef 0)"}

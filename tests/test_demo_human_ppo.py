@@ -176,8 +176,13 @@ def test_tiny_demo_with_human_votes_and_ppo(tmp_path, monkeypatch):
     assert held_out and rules["shorter answer wins"] == sum(agree) / len(agree)
     assert set(rules) == set(demo.RULE_BASELINES) and all(0 <= value <= 1 for value in rules.values())
     assert f"one-rule baselines on the same pairs: shorter answer wins {rules['shorter answer wins']:.1%}" in "\n".join(said)
-
     report = (out / "report.html").read_text()
+    for name, accuracy in [("reward model", result["reward_model"]["held_out_accuracy"]), *rules.items()]:
+        assert f"<tr data-ranker='{name}'><td>{name}</td><td>{100 * accuracy:.1f}%</td></tr>" in report
+    assert "the same way as your votes" in report
+    # Reward model first, then PPO: the order the demo runs them in.
+    assert report.index("id='reward-model'") < report.index("id='proxy-vs-gold'")
+
     assert "id='proxy-vs-gold'" in report and report.count("<svg") == 3
     assert set(result["ppo"]) == set(demo.PPO_RUNS)
     for label, folder in demo.PPO_FOLDERS.items():

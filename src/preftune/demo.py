@@ -274,11 +274,13 @@ def run_demo(
                       "runs": runs}  # fmt: skip
     result["reward_model"] = _reward_model_summary(rm_out, len(rm_train), rm_held_out, files["rm_held_out"])
     result["examples"] = _before_after(generations, 3)
+    from .report import insert_section, proxy_gold_section, reward_model_section
+
+    if rm_held_out:
+        insert_section(root / "report.html", reward_model_section(result["reward_model"], _ranked_by(result)))
     if ppo:
         result["ppo"] = _ppo_summary(ppo_runs, ppo_evals)
         result["ppo_kl_budget"] = size.kl_budget
-        from .report import insert_section, proxy_gold_section
-
         insert_section(root / "report.html", proxy_gold_section(ppo_runs, gold_name="kid judge", evals=ppo_evals))
     (root / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     _print_summary(result, root)
@@ -359,6 +361,10 @@ def _reward_model_summary(rm_dir: Path, train_pairs: int, held_out: list[Prefere
             "rule_baselines": rule_accuracies(held_out, RULE_BASELINES) if held_out_pairs else None}  # fmt: skip
 
 
+def _ranked_by(result: dict) -> str:
+    return "the kid judge" if result["demo"]["labels"] == "kid judge" else "your votes"
+
+
 def _mean_grade(texts) -> float:
     import textstat
 
@@ -379,8 +385,8 @@ def _print_summary(result: dict, root: Path) -> None:
     _say("")
     rm = result["reward_model"]
     if rm["held_out_accuracy"] is not None:
-        labels = "the kid judge ranks them" if result["demo"]["labels"] == "kid judge" else "your votes rank them"
-        _say(f"reward model: {rm['held_out_accuracy']:.1%} of {rm['held_out_pairs']} held-out pairs ranked as {labels}")
+        ranked = "the kid judge ranks them" if result["demo"]["labels"] == "kid judge" else "your votes rank them"
+        _say(f"reward model: {rm['held_out_accuracy']:.1%} of {rm['held_out_pairs']} held-out pairs ranked as {ranked}")
         _say("  one-rule baselines on the same pairs: " + ", ".join(f"{name} {accuracy:.1%}" for name, accuracy in rm["rule_baselines"].items()))
     _say(f"DPO: kid-judge win rate vs the base model: {kid['win_rate']:.1%} (95% CI {low:.1%} to {high:.1%}, ties {kid['ties']}, {result['n_prompts']} held-out prompts)")
     _say(f"kid score: {kid['ref_mean']:.3f} -> {kid['policy_mean']:.3f}")

@@ -217,6 +217,28 @@ def proxy_gold_section(
     return "\n".join(parts)
 
 
+def reward_model_section(summary: dict, labels: str = "the kid judge") -> str:
+    """An HTML section with the reward model's accuracy on its held-out pairs beside the one-rule
+    baselines' on the same pairs (`preftune demo`'s eval.json `reward_model`), for `labels`: who
+    ranked the pairs. A reward model below a rule has not learned what that rule reads."""
+    import html
+
+    rows = [("reward model", summary["held_out_accuracy"])] + list(summary["rule_baselines"].items())
+    parts = [
+        "<section id='reward-model'><h2>Reward model: pairs of prompts it never saw</h2>",
+        f"<p>Share of the {summary['held_out_pairs']} held-out pairs each one orders the same way as "
+        f"{html.escape(labels)}: the reward model, and rules that read one feature of each answer (ties count "
+        f"half). The reward model trained on "
+        f"{summary['train_pairs']} pairs; PPO maximises its score.</p>",
+        "<table><tr><th>ranked by</th><th>held-out accuracy</th></tr>",
+    ]
+    for name, accuracy in rows:
+        parts.append(f"<tr data-ranker='{html.escape(name, quote=True)}'><td>{html.escape(name)}</td>"
+                     f"<td>{100 * accuracy:.1f}%</td></tr>")  # fmt: skip
+    parts.append("</table></section>")
+    return "\n".join(parts)
+
+
 def _held_out_table(evals: dict[str, dict]) -> str:
     import html
 
